@@ -1,0 +1,35 @@
+"""Shared pytest configuration and fixtures; GPU-only tests are skipped (with the reason) on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(
+        reason="needs CUDA: Transformer Engine / FP8 / context parallel / NCCL cannot run on CPU"
+    )
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny Qwen3 HF checkpoint folder (tied embeddings), built once per test session."""
+    from rlrt_megatron.models.tiny import build_tiny_qwen3
+
+    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny_qwen3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_untied_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Like `tiny_qwen3_dir`, with untied input/output embeddings and a padded embedding table."""
+    from rlrt_megatron.models.tiny import build_tiny_qwen3
+
+    return build_tiny_qwen3(
+        tmp_path_factory.mktemp("tiny_qwen3_untied"), tie_word_embeddings=False, vocab_size=520
+    )
