@@ -13,7 +13,6 @@ setup: $(STAMP)
 # torchvision/torchaudio/torchcodec that fail at import ("torchvision::nms does not exist").
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e '.[cpu,dev]'
 	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec

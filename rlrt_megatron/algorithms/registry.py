@@ -9,6 +9,7 @@ shared/DESIGN.md §1). The trainer reads these fields; it never branches on a me
 Methods:
   grpo      group-relative advantage on every token (the DAPO surrogate, no std-normalization).
   grpo_eb   GRPO plus an entropy bonus (the paper's exploration baseline).
+  diver     GRPO on rewards shaped by a group-diversity bonus on correct rollouts (DIVER).
   rlrt      RLVR with Reversed Teacher: on correct rollouts with a correct *peer* as the teacher's
             context, A_t = A·[(1−λ) + λ·clip(exp(sign(A)·D_t), 1−ε_w, 1+ε_w)]; wrong rows keep A.
   rlrt_all  the no-gate ablation: the same weight on every row that has a teacher (it collapses).
@@ -55,6 +56,12 @@ class MethodDefaults:
     """Generalized Jensen–Shannon interpolation α (0.5 = symmetric JS)."""
     srpo_beta: float = 1.0
     """SRPO's entropy temperature β in w_t ∝ exp(−β·H_teacher,t)."""
+    diversity_coef: float = 0.0
+    """DIVER's shaping coefficient λ in r' = r + λ·clip(d, 0, σ)·𝟙(r=1)."""
+    diversity_clip: float = 0.68
+    """DIVER's clip σ of the diversity bonus (0.68 for equation diversity in the official code)."""
+    diversity_metric: str = "equation"
+    """DIVER's diversity score: "equation", "textual" (1 − BLEU) or "mix"."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +82,8 @@ class MethodSpec:
     """Per-token entropy of the current policy, with gradient (entropy bonus)."""
     needs_teacher_entropy: bool = False
     """Per-token entropy of the teacher view, no gradient (SRPO's dynamic weight)."""
+    reward_shaping: Literal["none", "diversity"] = "none"
+    """diversity: DIVER's group-diversity bonus on correct rollouts, before group normalization."""
     defaults: MethodDefaults = field(repr=False)
 
     @property
@@ -110,6 +119,13 @@ METHODS: dict[str, MethodSpec] = {
             needs_student_entropy=True,
             # The paper's Table 5 gives no bonus coefficient; 1e-3 is the common verl setting.
             defaults=MethodDefaults(normalize_by_std=False, lr=1e-6, entropy_coef=1e-3),
+        ),
+        _spec(
+            name="diver",
+            teacher_context="none",
+            reward_shaping="diversity",
+            # Official code: std-normalized GRPO, lr 1e-6; λ = 1.0 (its "equ1.0" run), σ = 0.68.
+            defaults=MethodDefaults(normalize_by_std=True, lr=1e-6, diversity_coef=1.0),
         ),
         _spec(
             name="rlrt",

@@ -15,7 +15,7 @@ ADV = torch.tensor([0.5, 0.5, 0.0, -0.5, -0.5])
 
 
 def test_every_method_is_registered_with_paper_defaults():
-    assert set(METHODS) == {"grpo", "grpo_eb", "rlrt", "rlrt_all", "rlsd", "sdpo", "srpo"}
+    assert set(METHODS) == {"grpo", "grpo_eb", "diver", "rlrt", "rlrt_all", "rlsd", "sdpo", "srpo"}
     assert get_method("rlrt").defaults.lr == 1e-6 and get_method("rlrt").defaults.eps_w == 1.0
     assert (
         get_method("rlrt").defaults.normalize_by_std
