@@ -1,0 +1,138 @@
+"""Token-budget micro-batching and padding for the actor's forward passes (pure Python/torch).
+
+RL batches mix short and long sequences (and the teacher view of a rollout is longer than its
+student view by the whole context). Cutting a batch into micro-batches of a fixed *number of
+sequences* wastes most of each padded micro-batch on pad tokens; cutting by a *token budget*
+after sorting by length keeps every micro-batch about equally expensive and nearly pad-free.
+
+Responses are aligned at the tail of their sequences (prompt ⊕ response, right-padded): the
+logit at position p predicts token p + 1, so a sequence with prompt length P scores its response
+at logit positions [P − 1, P − 1 + T).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+def token_budget_microbatches(
+    lengths: Sequence[int],
+    max_tokens: int,
+    *,
+    pad_to_multiple_of: int = 1,
+    max_sequences: int | None = None,
+) -> list[list[int]]:
+    """Group sequence indices into micro-batches whose *padded* size fits ``max_tokens``.
+
+    Sequences are sorted by length (longest first) and packed greedily; a micro-batch's cost is
+    (number of sequences) × (its longest length rounded up to ``pad_to_multiple_of``). Each
+    micro-batch lists original indices; every index appears exactly once. A single sequence
+    longer than the budget is an error (it cannot be split without changing the model's input).
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if pad_to_multiple_of < 1:
+        raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+    if max_sequences is not None and max_sequences < 1:
+        raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
+
+    def padded(n: int) -> int:
+        return -(-n // pad_to_multiple_of) * pad_to_multiple_of
+
+    for i, n in enumerate(lengths):
+        if n < 1:
+            raise ValueError(f"sequence {i} has length {n}; every sequence needs a token")
+        if padded(n) > max_tokens:
+            raise ValueError(
+                f"sequence {i} has {n} tokens (padded {padded(n)}), more than the micro-batch "
+                f"token budget {max_tokens}: raise the budget or shorten the sequence"
+            )
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Sorted longest first, so the first member sets the micro-batch's padded length.
+        width = padded(lengths[current[0]]) if current else padded(lengths[i])
+        full = max_sequences is not None and len(current) >= max_sequences
+        if current and ((len(current) + 1) * width > max_tokens or full):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class PaddedBatch:
+    """Right-padded sequences of one micro-batch.
+
+    ``input_ids``/``position_ids`` [B, S]; ``response_start`` [B] (logit position of the first
+    response token, P − 1); ``response_len`` [B].
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    response_start: torch.Tensor
+    response_len: torch.Tensor
+
+    @property
+    def max_response_len(self) -> int:
+        return int(self.response_len.max().item()) if self.response_len.numel() else 0
+
+
+def pad_sequences(
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    pad_to_multiple_of: int = 1,
+) -> PaddedBatch:
+    """Concatenate prompt ⊕ response per row and right-pad to a common length."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    rows = []
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        if len(p) < 1:
+            raise ValueError(f"row {i}: empty prompt (the first response token needs context)")
+        if len(r) < 1:
+            raise ValueError(f"row {i}: empty response")
+        rows.append(list(p) + list(r))
+    width = max(len(r) for r in rows)
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    positions = torch.arange(width, dtype=torch.long).expand(len(rows), width).contiguous()
+    return PaddedBatch(
+        input_ids=input_ids,
+        position_ids=positions,
+        response_start=torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long),
+        response_len=torch.tensor([len(r) for r in responses], dtype=torch.long),
+    )
+
+
+def gather_response(values: torch.Tensor, batch: PaddedBatch, fill: float = 0.0) -> torch.Tensor:
+    """Per-position values [B, S, ...] → the response positions [B, T_max, ...], left-aligned.
+
+    Row b takes positions [start_b, start_b + len_b); positions past a row's length get ``fill``.
+    """
+    b, s = values.shape[:2]
+    t = batch.max_response_len
+    offsets = torch.arange(t, device=values.device)
+    index = batch.response_start.to(values.device).unsqueeze(1) + offsets  # [B, T]
+    valid = offsets < batch.response_len.to(values.device).unsqueeze(1)
+    index = torch.where(valid, index, torch.zeros_like(index)).clamp(max=s - 1)
+    gather_index = index.view(b, t, *([1] * (values.dim() - 2))).expand(b, t, *values.shape[2:])
+    out = values.gather(1, gather_index)
+    mask = valid.view(b, t, *([1] * (values.dim() - 2)))
+    return torch.where(mask, out, torch.full_like(out, fill))
+
+
+def response_mask(batch: PaddedBatch) -> torch.Tensor:
+    """[B, T_max] bool: True on real response tokens."""
+    t = batch.max_response_len
+    return torch.arange(t).unsqueeze(0) < batch.response_len.unsqueeze(1)
