@@ -1,0 +1,168 @@
+"""torch.distributed and megatron-core model-parallel state: start, describe, stop.
+
+One process per rank, launched by torchrun, Ray or ``torch.multiprocessing`` with the usual
+``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` / ``MASTER_PORT`` (and ``LOCAL_RANK`` on GPUs)
+environment. The backend is gloo where CUDA is absent (with :mod:`.compat` applied) and nccl on
+GPUs. The layout is validated before any process group starts wherever the world size is known.
+Data parallelism is what is left: ``DP = world_size / (TP * PP)``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from rlrt_megatron.megatron.compat import apply_cpu_compat, cpu_compat_needed
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelConfig:
+    """Model-parallel layout. Data parallelism is derived from the world size.
+
+    Attributes:
+        tensor_parallel: TP size (Megatron ``tensor_model_parallel_size``).
+        pipeline_parallel: PP size (Megatron ``pipeline_model_parallel_size``).
+        seed: base seed of Megatron's RNG streams (``model_parallel_cuda_manual_seed``).
+        timeout_minutes: collective timeout of the process groups.
+    """
+
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    seed: int = 1234
+    timeout_minutes: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("tensor_parallel", "pipeline_parallel", "timeout_minutes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def model_parallel(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel
+
+    def data_parallel(self, world_size: int) -> int:
+        """DP size for ``world_size`` processes; raises if TP*PP does not divide it."""
+        if world_size % self.model_parallel:
+            raise ValueError(
+                f"world size {world_size} is not divisible by TP*PP = {self.tensor_parallel}*"
+                f"{self.pipeline_parallel} = {self.model_parallel}"
+            )
+        return world_size // self.model_parallel
+
+
+@dataclass(frozen=True)
+class ParallelState:
+    """Sizes and this process's ranks, as initialized."""
+
+    world_size: int
+    rank: int
+    tensor_parallel: int
+    pipeline_parallel: int
+    data_parallel: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+    backend: str
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pipeline_parallel - 1
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def initialize_parallel(config: ParallelConfig | None = None) -> ParallelState:
+    """Start torch.distributed (if not started) and megatron's model-parallel groups.
+
+    If torch.distributed is already initialized (e.g. by a launcher) it is used as is; otherwise
+    ``init_process_group`` reads the ``env://`` variables. The TP*PP layout is checked against
+    the world size first, so a bad layout fails before any process group exists.
+    """
+    from megatron.core import parallel_state as mpu
+    from megatron.core import tensor_parallel
+
+    config = config or ParallelConfig()
+    if mpu.model_parallel_is_initialized():
+        raise RuntimeError(
+            "megatron model-parallel state is already initialized; call destroy_parallel() first"
+        )
+    if dist.is_initialized():
+        world_size = dist.get_world_size()
+        config.data_parallel(world_size)
+    else:
+        missing = [
+            v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ
+        ]
+        if missing:
+            raise RuntimeError(
+                "torch.distributed is not initialized and the launcher environment is "
+                f"incomplete (missing: {', '.join(missing)}): launch with torchrun/Ray, or set "
+                "RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT"
+            )
+        world_size = int(os.environ["WORLD_SIZE"])
+        config.data_parallel(world_size)  # validate before starting anything
+
+    if cpu_compat_needed():
+        apply_cpu_compat()
+    if not dist.is_initialized():
+        backend = default_backend()
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(
+            backend=backend,
+            world_size=world_size,
+            rank=int(os.environ["RANK"]),
+            timeout=timedelta(minutes=config.timeout_minutes),
+        )
+    backend = dist.get_backend()
+
+    mpu.initialize_model_parallel(
+        tensor_model_parallel_size=config.tensor_parallel,
+        pipeline_model_parallel_size=config.pipeline_parallel,
+        distributed_timeout_minutes=config.timeout_minutes,
+        # With gloo as the main backend, megatron's extra gloo groups would duplicate every group.
+        create_gloo_process_groups=backend != "gloo",
+    )
+    tensor_parallel.model_parallel_cuda_manual_seed(config.seed)
+    return current_parallel_state()
+
+
+def current_parallel_state() -> ParallelState:
+    """The sizes and ranks of the initialized model-parallel state."""
+    from megatron.core import parallel_state as mpu
+
+    if not mpu.model_parallel_is_initialized():
+        raise RuntimeError("model-parallel state is not initialized: call initialize_parallel()")
+    return ParallelState(
+        world_size=dist.get_world_size(),
+        rank=dist.get_rank(),
+        tensor_parallel=mpu.get_tensor_model_parallel_world_size(),
+        pipeline_parallel=mpu.get_pipeline_model_parallel_world_size(),
+        data_parallel=mpu.get_data_parallel_world_size(),
+        tp_rank=mpu.get_tensor_model_parallel_rank(),
+        pp_rank=mpu.get_pipeline_model_parallel_rank(),
+        dp_rank=mpu.get_data_parallel_rank(),
+        backend=dist.get_backend(),
+    )
+
+
+def destroy_parallel(*, keep_process_group: bool = False) -> None:
+    """Tear down megatron's model-parallel groups, and torch.distributed unless
+    ``keep_process_group`` (to re-initialize with another layout in the same processes)."""
+    from megatron.core import parallel_state as mpu
+
+    if mpu.model_parallel_is_initialized():
+        mpu.destroy_model_parallel()
+    if not keep_process_group and dist.is_initialized():
+        dist.destroy_process_group()
