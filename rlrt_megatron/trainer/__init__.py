@@ -1,0 +1,1 @@
+"""The RL trainer: the loop, its configuration, metrics, checkpoint/resume and pre-emption."""

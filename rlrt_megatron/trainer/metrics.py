@@ -1,0 +1,123 @@
+"""Where a run's metrics go: TensorBoard, a jsonl file in the run folder, and the console.
+
+Every step's metrics land in ``metrics.jsonl`` (one JSON object per step, appended, so a resumed
+run continues the same file) and, when TensorBoard is installed, in the run folder's event files.
+The console shows a progress bar with the few metrics a person watches (reward, accuracy, loss,
+step time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+CONSOLE_KEYS = ("reward/mean", "reward/accuracy", "loss", "grad_norm", "lambda", "time/step")
+
+
+class MetricsLogger:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        total_steps: int | None = None,
+        tensorboard: bool = True,
+        console: bool = True,
+        initial_step: int = 0,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = self.run_dir / "metrics.jsonl"
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        self._bar = None
+        if console:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True
+            )
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Record one step's metrics (non-numeric values go to the jsonl file only)."""
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        with self.jsonl_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._writer.add_scalar(key, value, step)
+            self._writer.flush()
+        if self._bar is not None:
+            shown = {
+                k.split("/")[-1]: f"{record[k]:.4g}" for k in CONSOLE_KEYS if _is_num(record.get(k))
+            }
+            self._bar.set_postfix(shown, refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The metrics of every logged step, in order (the last record wins for a repeated step)."""
+    by_step: dict[int, dict] = {}
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
+
+
+class StepTimer:
+    """Wall-clock time of a step's phases: ``with timer("rollout"): ...`` → ``time/rollout``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"time/{phase}": s for phase, s in self.seconds.items()}
+        out["time/step"] = time.perf_counter() - self._start
+        return out
+
+
+def _is_num(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _plain(value: object) -> object:
+    """Tensors and numpy scalars → Python numbers, so the jsonl stays plain JSON."""
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf
+    return value
