@@ -1,0 +1,165 @@
+"""A group of Ray actors that form one torch.distributed world (the trainer's Megatron ranks).
+
+The driver (the RL loop) is a single controller: it asks every rank of the group to run the same
+method (SPMD: Megatron's collectives need all ranks), and gets back each rank's result. Each
+actor gets the launcher environment torch.distributed expects (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT) before the object it hosts is built, so the hosted code initializes
+its process groups exactly as under torchrun or Slurm.
+
+Placement: one placement group with one bundle per rank, rank i in bundle i; ``PACK`` keeps ranks
+together (a node's GPUs), ``SPREAD``/``STRICT_SPREAD`` spreads them. On CPU a rank needs no GPU
+and may ask for a fraction of a CPU (Ray resources are logical).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+
+
+class WorkerGroupError(RuntimeError):
+    """A rank failed; the message names the rank and carries its error."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerGroupConfig:
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    placement_strategy: PlacementStrategy = "PACK"
+    placement_timeout_s: float = 120.0
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for every rank (e.g. NCCL settings, OMP_NUM_THREADS)."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.cpus_per_worker < 0 or self.gpus_per_worker < 0:
+            raise ValueError("cpus_per_worker and gpus_per_worker must be >= 0")
+
+
+class RankWorker:
+    """One rank: holds one object (built by a picklable factory) and runs calls on it."""
+
+    def __init__(self, rank: int, world_size: int, env: dict[str, str]) -> None:
+        os.environ.update(env)
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size))
+        self.rank = rank
+        self.obj: Any = None
+
+    def node_ip(self) -> str:
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    def free_port(self) -> int:
+        """A free TCP port on this node (rank 0 hosts the rendezvous)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            return s.getsockname()[1]
+
+    def set_env(self, env: dict[str, str]) -> None:
+        os.environ.update(env)
+
+    def setup(self, factory: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        self.obj = factory(*args, **kwargs)
+
+    def call(self, method: str, args: tuple, kwargs: dict) -> Any:
+        return getattr(self.obj, method)(*args, **kwargs)
+
+    def run(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """``fn(hosted_object, *args, **kwargs)`` on this rank (``fn`` must be importable)."""
+        return fn(self.obj, *args, **kwargs)
+
+
+class WorkerGroup:
+    def __init__(self, config: WorkerGroupConfig) -> None:
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.config = config
+        n = config.num_workers
+        bundle = {"CPU": config.cpus_per_worker}
+        if config.gpus_per_worker:
+            bundle["GPU"] = config.gpus_per_worker
+        self._pg = placement_group([dict(bundle) for _ in range(n)], config.placement_strategy)
+        ready, _ = ray.wait([self._pg.ready()], timeout=config.placement_timeout_s)
+        if not ready:
+            ray.util.remove_placement_group(self._pg)
+            raise WorkerGroupError(
+                f"the cluster did not grant {n} bundles of {bundle} ({config.placement_strategy}) "
+                f"within {config.placement_timeout_s:.0f} s: check `ray status` for free resources"
+            )
+        remote = ray.remote(RankWorker)
+        self.workers = [
+            remote.options(
+                num_cpus=config.cpus_per_worker,
+                num_gpus=config.gpus_per_worker,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self._pg, placement_group_bundle_index=rank
+                ),
+            ).remote(rank, n, dict(config.env))
+            for rank in range(n)
+        ]
+        ips = self._gather([w.node_ip.remote() for w in self.workers])
+        master_port = self._gather([self.workers[0].free_port.remote()])[0]
+        # LOCAL_RANK: the rank's index among the group's ranks on its own node.
+        seen: dict[str, int] = {}
+        envs = []
+        for ip in ips:
+            local_rank = seen.get(ip, 0)
+            seen[ip] = local_rank + 1
+            envs.append(
+                dict(MASTER_ADDR=ips[0], MASTER_PORT=str(master_port), LOCAL_RANK=str(local_rank))
+            )
+        ray.get([w.set_env.remote(env) for w, env in zip(self.workers, envs, strict=True)])
+
+    @property
+    def world_size(self) -> int:
+        return len(self.workers)
+
+    def _gather(self, refs: Sequence[Any]) -> list[Any]:
+        import ray
+
+        results = []
+        for rank, ref in enumerate(refs):
+            try:
+                results.append(ray.get(ref))
+            except Exception as error:  # RayTaskError / RayActorError wrap the rank's failure
+                cause = getattr(error, "cause", None) or error
+                raise WorkerGroupError(
+                    f"rank {rank} failed: {type(cause).__name__}: {cause}"
+                ) from error
+        return results
+
+    def setup(self, factory: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Build the hosted object on every rank: ``factory(*args, **kwargs)`` (SPMD)."""
+        self._gather([w.setup.remote(factory, args, kwargs) for w in self.workers])
+
+    def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """Call ``method`` of the hosted object on every rank; results in rank order."""
+        return self._gather([w.call.remote(method, args, kwargs) for w in self.workers])
+
+    def run_all(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+        """Run ``fn(hosted_object, *args, **kwargs)`` on every rank; results in rank order."""
+        return self._gather([w.run.remote(fn, args, kwargs) for w in self.workers])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for worker in self.workers:
+            ray.kill(worker, no_restart=True)
+        self.workers = []
+        ray.util.remove_placement_group(self._pg)
+
+    def __enter__(self) -> WorkerGroup:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
