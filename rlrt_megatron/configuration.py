@@ -95,9 +95,29 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if _is_torch_dtype(tp):
+        return _torch_dtype(value, key)
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(f"{key}: {value!r} is not a valid {_describe(tp)}")
+
+
+def _is_torch_dtype(tp: Any) -> bool:
+    return getattr(tp, "__module__", None) == "torch" and getattr(tp, "__name__", None) == "dtype"
+
+
+def _torch_dtype(value: Any, key: str) -> Any:
+    """A torch dtype from its name ("bfloat16", "float32", "torch.float16") — kept lazy so that
+    configs without dtypes never import torch."""
+    import torch
+
+    if isinstance(value, torch.dtype):
+        return value
+    name = str(value).removeprefix("torch.")
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ConfigError(f"{key}: {value!r} is not a torch dtype (e.g. bfloat16, float32)")
+    return dtype
 
 
 def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
@@ -215,6 +235,8 @@ def to_dict(config: Any) -> Any:
         return {k: to_dict(v) for k, v in config.items()}
     if isinstance(config, Path):
         return str(config)
+    if type(config).__module__ == "torch" and type(config).__name__ == "dtype":
+        return str(config).removeprefix("torch.")
     return config
 
 

@@ -99,6 +99,20 @@ def test_round_trip_through_saved_yaml(tmp_path):
     assert to_dict(config)["actor"] == {"tp": 1, "dtype": "float32", "lr": 3e-6}
 
 
+def test_torch_dtypes_by_name():
+    import torch
+
+    @dataclass(frozen=True, kw_only=True)
+    class WithDtype:
+        dtype: torch.dtype = torch.bfloat16
+
+    assert from_dict(WithDtype, {"dtype": "float32"}).dtype == torch.float32
+    assert from_dict(WithDtype, {"dtype": "torch.float16"}).dtype == torch.float16
+    assert to_dict(WithDtype()) == {"dtype": "bfloat16"}
+    with pytest.raises(ConfigError, match="dtype: 'fp7' is not a torch dtype"):
+        from_dict(WithDtype, {"dtype": "fp7"})
+
+
 def test_parse_overrides_nests_and_types():
     assert parse_overrides(["a.b=3", "a.c=true", "d=null", "e=1e-6"]) == {
         "a": {"b": 3, "c": True},
