@@ -1,0 +1,148 @@
+"""The run configuration: one YAML file (+ ``key=value`` overrides) for a whole training run.
+
+Sections are the components' own configs where those read well in YAML (`AlgorithmConfig`,
+`ParallelConfig`, `AdamWConfig`, `RewardConfig`, `RayConfig`) and small trainer-level sections
+that build the rest (the engine pool, sampling) from the one model path. Table 5 of the paper
+is the default where it applies (K = 8 rollouts, temperature 1.0, warm-up 10, weight decay 0.01,
+grad clip 1.0); the learning rate defaults to the method's (registry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rlrt_megatron.algorithms.config import AlgorithmConfig
+from rlrt_megatron.cluster.ray_cluster import RayConfig
+from rlrt_megatron.configuration import load_config
+from rlrt_megatron.megatron.parallel import ParallelConfig
+from rlrt_megatron.rewards.pool import RewardConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    path: str
+    """A Hugging Face Qwen3 checkpoint folder (config.json, safetensors, tokenizer files)."""
+    enable_thinking: bool | None = None
+    """Passed to the chat template (Qwen3 thinking models); None: the template's default."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    train_files: list[str]
+    """verl-style parquet or jsonl files of prompts with ground truths."""
+    eval_files: list[str] = field(default_factory=list)
+    prompts_per_step: int = 256
+    """G: questions per RL step."""
+    rollouts_per_prompt: int = 8
+    """K: samples per question (the GRPO group)."""
+    max_prompt_tokens: int = 2048
+    """Longer prompts (after chat templating) are dropped when the data is loaded."""
+    on_bad_row: Literal["raise", "skip"] = "raise"
+    seed: int = 0
+    """Shuffling seed of the prompt order (each epoch is reshuffled)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerSection:
+    lr: float | None = None
+    """Peak learning rate; None: the method's default (1e-6 GRPO/RLRT/RLSD, 1e-5 SDPO, ...)."""
+    warmup_steps: int = 10
+    weight_decay: float = 0.01
+    clip_grad: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActorSection:
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data_parallel: int = 1
+    """DP size: the actor runs TP × PP × DP ranks."""
+    dtype: torch.dtype = torch.bfloat16
+    sequence_parallel: bool = False
+    max_tokens: int = 8192
+    """Padded-token budget of a micro-batch (scoring and update)."""
+    mini_batches: int = 2
+    """Optimizer steps per RL step (Table 5: 256 prompts × 8 / mini-batch 128 prompts = 2)."""
+    teacher_weights: Literal["behavior", "current", "initial", "ema"] = "behavior"
+    ema_rate: float = 0.01
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    cpus_per_rank: float = 1.0
+    gpus_per_rank: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutSection:
+    num_engines: int = 1
+    tensor_parallel: int = 1
+    """TP size of each engine."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_response_tokens: int = 20480
+    dtype: str = "auto"
+    """vLLM dtype ("auto" serves float32 checkpoints as bfloat16: say float32 to keep them)."""
+    gpu_memory_utilization: float = 0.5
+    cpus_per_engine: float = 1.0
+    gpus_per_engine: int | None = None
+    placement: Literal["colocated", "disaggregated"] = "disaggregated"
+    bucket_bytes: int = 512 * 2**20
+    """Weight-sync bucket size."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSection:
+    every: int = 0
+    """Evaluate every N steps (0: only before and after training, if eval files are given)."""
+    n: int = 1
+    """Samples per eval problem."""
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 20
+    max_response_tokens: int = 38912
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerSection:
+    steps: int
+    run_dir: str
+    resume: str = "auto"
+    """auto: continue from the run folder's latest checkpoint if any; never; or a path."""
+    save_every: int = 10
+    seed: int = 0
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal (no signal); off in the paper."""
+    console: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    model: ModelConfig
+    data: DataConfig
+    trainer: TrainerSection
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    actor: ActorSection = field(default_factory=ActorSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalSection = field(default_factory=EvalSection)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.trainer.run_dir)
+
+    @property
+    def lr(self) -> float:
+        lr = self.actor.optimizer.lr
+        return self.algorithm.spec.defaults.lr if lr is None else lr
+
+
+def load_run_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
+    """The run config from a YAML file (with its ``base:`` chain) and ``key=value`` overrides."""
+    return load_config(RunConfig, path, overrides)

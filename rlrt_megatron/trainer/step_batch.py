@@ -1,0 +1,153 @@
+"""Turning one step's samples into the actor's inputs (driver side, no model).
+
+samples (G prompts × K) + rewards → group advantages → teacher plan → (after scoring) token
+advantages → `TrainBatch`. Every function here is plain tensor/list work, tested without engines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rlrt_megatron.algorithms.advantages import group_advantages
+from rlrt_megatron.algorithms.config import AlgorithmConfig
+from rlrt_megatron.algorithms.diversity import diversity_shaped_rewards, group_diversity
+from rlrt_megatron.algorithms.registry import distillation_rows, policy_gradient_rows
+from rlrt_megatron.algorithms.reweighting import token_advantages, token_weight_stats
+from rlrt_megatron.data.records import PromptRecord
+from rlrt_megatron.rollout.sampling import Sample
+from rlrt_megatron.teacher.contexts import GroupInputs, TeacherPlan, plan_teacher_batch
+
+
+@dataclass
+class StepRollouts:
+    """A step's rollouts, flattened group-major: row b = group b // K, sample b % K."""
+
+    records: list[PromptRecord]
+    prompt_ids: list[list[int]]
+    """Per group: the student's templated prompt ids."""
+    samples: list[list[Sample]]
+    """Per group: K samples."""
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.records)
+
+    @property
+    def group_size(self) -> int:
+        return len(self.samples[0]) if self.samples else 0
+
+    def flat_samples(self) -> list[Sample]:
+        return [s for group in self.samples for s in group]
+
+    def flat_prompts(self) -> list[list[int]]:
+        k = self.group_size
+        return [ids for ids in self.prompt_ids for _ in range(k)]
+
+    def padded(self, values: Callable[[Sample], Sequence[float]]) -> torch.Tensor:
+        """[B, T] float32 of a per-token sample attribute, zero past each response's end."""
+        flat = self.flat_samples()
+        t = max(len(s.token_ids) for s in flat)
+        out = torch.zeros(len(flat), t)
+        for b, sample in enumerate(flat):
+            v = values(sample)
+            out[b, : len(v)] = torch.tensor(v, dtype=torch.float32)
+        return out
+
+
+def shaped_advantages(
+    config: AlgorithmConfig, rollouts: StepRollouts, rewards: torch.Tensor
+) -> torch.Tensor:
+    """[G, K] group advantages of the method (DIVER's diversity bonus added before them)."""
+    if config.spec.reward_shaping == "diversity":
+        defaults = config.spec.defaults
+        diversity = torch.tensor(
+            [
+                group_diversity([s.text for s in group], defaults.diversity_metric)
+                for group in rollouts.samples
+            ]
+        )
+        rewards = diversity_shaped_rewards(
+            rewards, diversity, defaults.diversity_coef, defaults.diversity_clip
+        )
+    return group_advantages(rewards, config.use_std, config.adv_eps)
+
+
+def plan_teachers(
+    config: AlgorithmConfig,
+    rollouts: StepRollouts,
+    correct: torch.Tensor,
+    advantages: torch.Tensor,
+    lam: float,
+    generator: torch.Generator,
+) -> TeacherPlan:
+    groups = [
+        GroupInputs(
+            messages=record.prompt,
+            responses=[s.text for s in samples],
+            ground_truth=record.ground_truth,
+            solution=record.solution,
+        )
+        for record, samples in zip(rollouts.records, rollouts.samples, strict=True)
+    ]
+    return plan_teacher_batch(config.spec, groups, correct, advantages, lam, generator)
+
+
+@dataclass
+class TokenAdvantages:
+    values: torch.Tensor
+    """[B, T] A_t (0 past each response)."""
+    pg_rows: torch.Tensor
+    distill_rows: torch.Tensor
+    metrics: dict[str, float]
+
+
+def compute_token_advantages(
+    config: AlgorithmConfig,
+    *,
+    advantages: torch.Tensor,
+    correct: torch.Tensor,
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor | None,
+    response_mask: torch.Tensor,
+    has_teacher: torch.Tensor,
+    lam: float,
+) -> TokenAdvantages:
+    """The method's per-token advantages and loss routing for a step (all [B] / [B, T]).
+
+    SRPO's entropy weights are not computed here: the update step derives them per mini-batch
+    from the teacher entropy it is given.
+    """
+    spec = config.spec
+    teacher = student_logprobs if teacher_logprobs is None else teacher_logprobs
+    values = token_advantages(
+        spec,
+        advantages,
+        correct,
+        student_logprobs,
+        teacher,
+        response_mask,
+        has_teacher,
+        lam=lam,
+        eps_w=config.weight_clip,
+    )
+    metrics = token_weight_stats(
+        spec,
+        advantages,
+        correct,
+        student_logprobs,
+        teacher,
+        response_mask,
+        has_teacher,
+        eps_w=config.weight_clip,
+    )
+    pg = policy_gradient_rows(spec, correct, has_teacher)
+    distill = distillation_rows(spec, correct, has_teacher)
+    return TokenAdvantages(values=values, pg_rows=pg, distill_rows=distill, metrics=metrics)
+
+
+def keep_informative_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """[G] bool: groups whose rewards are not all equal (DAPO's dynamic sampling filter)."""
+    return (rewards != rewards[:, :1]).any(dim=-1)
