@@ -1,0 +1,33 @@
+import json
+
+import pytest
+
+from rlrt_megatron.trainer.prompts import load_prompts, load_tokenizer, prompt_batches
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from rlrt_megatron.models.tiny import build_tokenizer
+
+    path = tmp_path_factory.mktemp("tok")
+    build_tokenizer(path)
+    return load_tokenizer(path)
+
+
+def test_templated_prompts_with_length_filter_and_batches(tmp_path, tokenizer):
+    rows = [{"prompt": "What is 1 + 1?", "answer": "2"}, {"prompt": "x " * 200, "answer": "3"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    prompts, counts = load_prompts([str(path)], tokenizer, max_prompt_tokens=64)
+    assert counts == {"rows": 2, "bad_rows": 0, "too_long": 1, "kept": 1}
+    text = tokenizer.decode(prompts[0].ids)
+    assert text.startswith("<|im_start|>user\nWhat is 1 + 1?") and text.endswith("assistant\n")
+    batches = prompt_batches(prompts * 4, prompts_per_step=2, seed=0)
+    assert len(next(batches)) == 2 and batches.state_dict()["batch_in_epoch"] == 1
+    with pytest.raises(ValueError, match="no prompt of"):
+        load_prompts([str(path)], tokenizer, max_prompt_tokens=2)
+
+
+def test_missing_tokenizer_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        load_tokenizer(tmp_path)
