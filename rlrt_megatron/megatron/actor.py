@@ -1,0 +1,202 @@
+"""The policy actor of one rank: model, optimizer, scoring pass, update step, weight export.
+
+    actor = PolicyActor(ActorConfig(hf_path=..., parallel=ParallelConfig(tensor_parallel=2),
+                                    optimizer=AdamWConfig(lr=1e-6, warmup_steps=10)))
+    scores = actor.score(prompts, responses, teacher_prompts=contexts)   # old + teacher log-probs
+    metrics = actor.train_step(batch, UpdateConfig(method="rlrt", mini_batches=2))
+    for name, tensor in actor.export_hf_weights(): ...                    # weight sync
+
+Every rank of the world constructs one and calls the same methods with the same arguments
+(the collectives of TP, PP and DP run inside). Which weights score the teacher view is the
+``teacher_weights`` option (see :mod:`.teacher_weights`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlrt_megatron.algorithms.registry import get_method
+from rlrt_megatron.megatron.forward import Ids
+from rlrt_megatron.megatron.optimizer import AdamWConfig, build_optimizer
+from rlrt_megatron.megatron.parallel import (
+    ParallelConfig,
+    ParallelState,
+    current_parallel_state,
+    initialize_parallel,
+)
+from rlrt_megatron.megatron.scoring import ScoreResult, score_rollouts
+from rlrt_megatron.megatron.teacher_weights import TeacherWeights, TeacherWeightsMode
+from rlrt_megatron.megatron.train_step import TrainBatch, UpdateConfig, train_step
+from rlrt_megatron.models.qwen3_megatron import build_qwen3_model, export_hf_weights
+
+# refresh(rows, teacher scores of those rows with the current weights) -> replacement row
+# tensors of the mini-batch (e.g. {"token_advantages": ...}); see TrainBatch / ROW_TENSORS.
+TeacherRefresh = Callable[[list[int], ScoreResult], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActorConfig:
+    """Attributes:
+    hf_path: HF Qwen3 checkpoint folder.
+    parallel: the TP x PP layout (DP is the rest of the world).
+    optimizer: AdamW, warmup, weight decay, grad clipping.
+    dtype: parameter dtype (float32 or bfloat16).
+    sequence_parallel: Megatron sequence parallelism (TP > 1).
+    max_tokens: padded-token budget of a scoring micro-batch.
+    teacher_weights: behavior | current | initial | ema.
+    ema_rate: the EMA's rate (teacher_weights="ema").
+    offload_teacher: keep the initial/EMA teacher copy in CPU memory.
+    temperature: sampling temperature of the rollouts (logits are divided by it).
+    """
+
+    hf_path: str | Path
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optimizer: AdamWConfig = field(default_factory=lambda: AdamWConfig(lr=1e-6))
+    dtype: torch.dtype = torch.bfloat16
+    sequence_parallel: bool = False
+    max_tokens: int = 8192
+    teacher_weights: TeacherWeightsMode = "behavior"
+    ema_rate: float = 0.01
+    offload_teacher: bool = True
+    temperature: float = 1.0
+
+
+class PolicyActor:
+    """One rank's share of the policy. Initializes megatron's parallel state unless it is
+    already initialized with the same layout."""
+
+    def __init__(self, config: ActorConfig) -> None:
+        from megatron.core import parallel_state as mpu
+        from megatron.core.distributed import DistributedDataParallelConfig
+
+        self.config = config
+        if mpu.model_parallel_is_initialized():
+            state = current_parallel_state()
+            layout = (state.tensor_parallel, state.pipeline_parallel)
+            if layout != (config.parallel.tensor_parallel, config.parallel.pipeline_parallel):
+                raise ValueError(f"parallel state is initialized with TP, PP = {layout}")
+        else:
+            initialize_parallel(config.parallel)
+        self.model = build_qwen3_model(
+            config.hf_path,
+            dtype=config.dtype,
+            sequence_parallel=config.sequence_parallel,
+            wrap_with_ddp=True,
+            ddp_config=DistributedDataParallelConfig(
+                grad_reduce_in_fp32=True,
+                overlap_grad_reduce=False,
+                use_distributed_optimizer=config.optimizer.use_distributed_optimizer,
+            ),
+        )
+        self.optimizer, self.scheduler = build_optimizer(self.model, config.optimizer)
+        self.teacher = TeacherWeights(
+            self.model,
+            config.teacher_weights,
+            ema_rate=config.ema_rate,
+            offload=config.offload_teacher,
+        )
+
+    # -- accessors ---------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """The real vocabulary (log-probs are over these ids)."""
+        return self.model.vocab_size
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return self.model.padded_vocab_size
+
+    @property
+    def parallel_state(self) -> ParallelState:
+        return current_parallel_state()
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # -- passes ------------------------------------------------------------------------------
+
+    def score(
+        self,
+        prompts: Sequence[Ids],
+        responses: Sequence[Ids],
+        *,
+        teacher_prompts: Sequence[Ids | None] | None = None,
+        topk: int = 0,
+        teacher_entropy: bool = False,
+    ) -> ScoreResult:
+        """Forward-only scores of the rollouts (see :func:`.scoring.score_rollouts`): the student
+        view with the current weights, the teacher view with the configured teacher weights."""
+        return score_rollouts(
+            self.model,
+            prompts,
+            responses,
+            teacher_prompts=teacher_prompts,
+            topk=topk,
+            teacher_entropy=teacher_entropy,
+            temperature=self.config.temperature,
+            max_tokens=self.config.max_tokens,
+            teacher_swap=self.teacher.swapped if self.teacher.separate else None,
+        )
+
+    def train_step(
+        self,
+        batch: TrainBatch,
+        update: UpdateConfig,
+        *,
+        refresh_teacher: TeacherRefresh | None = None,
+    ) -> list[dict[str, float]]:
+        """One update over ``batch``; one metrics dict per optimizer step.
+
+        With ``teacher_weights="current"`` and ``refresh_teacher`` given, each mini-batch's
+        teacher view is re-scored with the current weights first and ``refresh_teacher(rows,
+        scores)`` returns the row tensors to use instead (typically the token advantages
+        recomputed from the new teacher log-probs, and the teacher entropy).
+        """
+        if update.temperature != self.config.temperature:
+            raise ValueError(
+                f"update temperature {update.temperature} != actor temperature "
+                f"{self.config.temperature}"
+            )
+        if self.teacher.separate and get_method(update.method).needs_topk:
+            # The distillation loss reads the teacher at the student's *current* top-k ids, so
+            # its teacher view runs inside the update's own forward, with the policy's weights.
+            raise ValueError(
+                f"method {update.method!r} distills from a teacher view computed in the update's "
+                f"forward pass; teacher_weights={self.config.teacher_weights!r} is not supported "
+                "for it (use 'behavior' or 'current')"
+            )
+        before = None
+        if self.teacher.rescore_per_minibatch:
+            if refresh_teacher is None:
+                raise ValueError("teacher_weights='current' needs refresh_teacher")
+            if batch.teacher_prompts is None:
+                raise ValueError("teacher_weights='current' needs the batch's teacher prompts")
+
+            def before(rows: list[int]) -> dict[str, torch.Tensor]:
+                scores = self.score(
+                    [batch.prompts[r] for r in rows],
+                    [batch.responses[r] for r in rows],
+                    teacher_prompts=[batch.teacher_prompts[r] for r in rows],
+                    teacher_entropy=True,
+                )
+                return refresh_teacher(rows, scores)
+
+        return train_step(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            batch,
+            update,
+            before_minibatch=before,
+            after_optimizer_step=self.teacher.after_optimizer_step,
+        )
+
+    def export_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(hf_name, full tensor)`` for every weight; every rank must drain it in order."""
+        return export_hf_weights(self.model)
