@@ -11,6 +11,10 @@ itself: a new actor in the same bundle, then the last synced weights replayed in
 Ray object store, then its unfinished requests re-issued. The pool keeps the last sync's buckets
 there for that: one host copy of the weights (two while a sync is in flight, so that a failed sync
 can fall back to the previous weights), which Ray spills to disk under memory pressure.
+
+Shared placement (colocation, `rlrt_megatron.cluster.placement`): given ``placement_group=`` and
+``bundle_indices=``, the pool places engine ``i`` in bundle ``bundle_indices[i]`` of a placement
+group someone else created (and will remove), next to the trainer's ranks.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from rlrt_megatron.cluster.engine_actor import EngineActor
+from rlrt_megatron.cluster.sync import PackedWeights
 from rlrt_megatron.cluster.weight_sync import DEFAULT_BUCKET_BYTES, pack_buckets
 from rlrt_megatron.rollout import (
     EngineConfig,
@@ -34,6 +39,7 @@ from rlrt_megatron.rollout import (
     engine_platform,
     validate_prompts,
 )
+from rlrt_megatron.rollout.weights import WeightManifest
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +128,19 @@ class EnginePool:
     (`rlrt_megatron.cluster.ray_cluster.init_ray`).
     """
 
-    def __init__(self, config: EnginePoolConfig) -> None:
+    def __init__(
+        self,
+        config: EnginePoolConfig,
+        *,
+        placement_group: Any | None = None,
+        bundle_indices: Sequence[int] | None = None,
+    ) -> None:
+        """``placement_group``: place the engines in this existing (ready) placement group, engine
+        ``i`` in bundle ``bundle_indices[i]`` (default ``i``), instead of creating one; its bundles
+        must hold at least `EnginePoolConfig.bundle` besides whatever else shares them. The pool
+        then leaves the group in place at shutdown (its creator removes it)."""
         import ray
-        from ray.util.placement_group import placement_group
+        from ray.util.placement_group import placement_group as create_placement_group
 
         self.config = config
         self.version = 0
@@ -132,13 +148,28 @@ class EnginePool:
         self._weights: list[Any] = []  # ObjectRefs of the last sync's buckets, for replacements
         self._num_tensors = 0
         bundle = config.bundle()
-        self._pg = placement_group(
-            [dict(bundle) for _ in range(config.num_engines)], strategy=config.placement_strategy
+        if bundle_indices is not None and placement_group is None:
+            raise ValueError("bundle_indices given without a placement_group")
+        self._bundle_indices = list(
+            range(config.num_engines) if bundle_indices is None else bundle_indices
         )
+        if len(self._bundle_indices) != config.num_engines:
+            raise ValueError(
+                f"{len(self._bundle_indices)} bundle_indices for {config.num_engines} engines"
+            )
+        self._owns_pg = placement_group is None
+        if placement_group is not None:
+            self._pg = placement_group
+        else:
+            self._pg = create_placement_group(
+                [dict(bundle) for _ in range(config.num_engines)],
+                strategy=config.placement_strategy,
+            )
         try:
             ray.get(self._pg.ready(), timeout=config.placement_timeout_s)
         except ray.exceptions.GetTimeoutError:
-            ray.util.remove_placement_group(self._pg)
+            if self._owns_pg:
+                ray.util.remove_placement_group(self._pg)
             raise EngineStartError(
                 f"Ray did not grant {config.num_engines} engine bundle(s) of {bundle}"
                 f" ({config.placement_strategy}) within {config.placement_timeout_s} s; the cluster"
@@ -170,7 +201,8 @@ class EnginePool:
                 max_restarts=0,
                 max_concurrency=1,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self._pg, placement_group_bundle_index=index
+                    placement_group=self._pg,
+                    placement_group_bundle_index=self._bundle_indices[index],
                 ),
             )
             .remote(self.config.engine)
@@ -216,6 +248,11 @@ class EnginePool:
     def engine(self, index: int):
         """The actor handle of engine ``index`` (for tests and diagnostics)."""
         return self._engines[index]
+
+    @property
+    def manifest(self) -> WeightManifest:
+        """The HF names and shapes a full weight sync must carry (the engines' checkpoint)."""
+        return self._manifest
 
     def health_check(self, timeout_s: float = 30.0) -> list[dict[str, Any]]:
         """Ping every engine; replace the ones that are dead, do not answer within ``timeout_s``,
@@ -275,28 +312,74 @@ class EnginePool:
         """
         import ray
 
-        version = self.version + 1 if version is None else version
-        if version <= self.version:
-            raise ValueError(f"weight version must increase: {version} <= current {self.version}")
+        version = self._next_version(version)
         bucket_bytes = self.config.bucket_bytes if bucket_bytes is None else bucket_bytes
         start = time.perf_counter()
         buckets = pack_buckets(self._checked(named_tensors), bucket_bytes)
         first = next(buckets, None)  # a wrong name or shape up front fails before engines see it
         if first is None:
             raise ValueError("sync_weights got no tensors")
+        put = ((ray.put(b), len(b.tensors), b.nbytes) for b in itertools.chain([first], buckets))
+        return self._apply(put, version, start)
+
+    def load_packed_weights(
+        self, packed: PackedWeights, *, version: int | None = None
+    ) -> SyncStats:
+        """Like `sync_weights`, for buckets another process already packed and put into the object
+        store (the trainer's rank 0: `rlrt_megatron.cluster.sync`); they are not fetched here.
+
+        The (name, shape) list that comes with them is checked against the engines' manifest
+        before any engine is touched. Same versioning and all-or-nothing semantics as
+        `sync_weights`; the pool keeps the refs to replay into replacement engines.
+        """
+        version = self._next_version(version)
+        start = time.perf_counter()
+        if not packed.refs:
+            raise ValueError("load_packed_weights got no buckets")
+        self.check_layout(packed.tensors)
+        buckets = zip(packed.refs, packed.bucket_tensors, packed.bucket_nbytes, strict=True)
+        return self._apply(buckets, version, start)
+
+    def check_layout(self, tensors: Iterable[tuple[str, tuple[int, ...]]]) -> None:
+        """Raise ValueError unless ``tensors`` ((HF name, shape) pairs) is exactly a full set of
+        the engines' weights: known names, matching shapes, none missing or repeated."""
+        seen: set[str] = set()
+        for name, shape in tensors:
+            if name in seen:
+                raise ValueError(f"tensor {name!r} appears twice in one weight sync")
+            self._manifest.check(name, tuple(shape))
+            seen.add(name)
+        if missing := self._manifest.missing(seen):
+            raise ValueError(
+                f"the weight stream lacks {len(missing)} of the model's tensors, e.g."
+                f" {missing[:3]}; a sync must carry the full model"
+            )
+
+    def _next_version(self, version: int | None) -> int:
+        version = self.version + 1 if version is None else version
+        if version <= self.version:
+            raise ValueError(f"weight version must increase: {version} <= current {self.version}")
+        return version
+
+    def _apply(
+        self, buckets: Iterable[tuple[Any, int, int]], version: int, start: float
+    ) -> SyncStats:
+        """begin → every (bucket ref, tensors, bytes) to every engine → finish; see
+        `sync_weights` for the failure semantics."""
+        import ray
+
         previous = (self._weights, self.version, self._num_tensors)
         refs: list[Any] = []
         calls: list[list[Any]] = [[e.begin_weight_update.remote()] for e in self._engines]
         num_tensors = nbytes = 0
         dead: list[int] = []
         try:
-            for bucket in itertools.chain([first], buckets):
-                ref = ray.put(bucket)
+            for ref, count, size in buckets:
                 refs.append(ref)
                 for i, engine in enumerate(self._engines):
                     calls[i].append(engine.load_weight_bucket.remote(ref))
-                num_tensors += len(bucket.tensors)
-                nbytes += bucket.nbytes
+                num_tensors += count
+                nbytes += size
             for i, engine in enumerate(self._engines):
                 calls[i].append(engine.finish_weight_update.remote(version, num_tensors))
             for i in range(len(self._engines)):
@@ -344,7 +427,8 @@ class EnginePool:
             ray.kill(engine, no_restart=True)
         self._engines = []
         self._weights = []
-        ray.util.remove_placement_group(self._pg)
+        if self._owns_pg:
+            ray.util.remove_placement_group(self._pg)
 
     def __enter__(self) -> EnginePool:
         return self

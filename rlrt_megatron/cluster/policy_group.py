@@ -1,0 +1,223 @@
+"""The trainer's Megatron ranks as one Ray worker group, driven from a single controller.
+
+    group = PolicyGroup(PolicyGroupConfig(actor=ActorConfig(hf_path=..., parallel=...),
+                                          num_ranks=8, gpus_per_rank=1))
+    scores = group.score(prompts, responses, teacher_prompts=contexts)
+    metrics = group.train_step(batch, UpdateConfig(method="rlrt"))
+    sync_policy_weights(group, engine_pool)            # rlrt_megatron.cluster.sync
+
+Each rank hosts one `PolicyActor`; every method here sends the same call to every rank (SPMD: the
+TP/PP/DP collectives run inside) and returns rank 0's result. The actor's passes leave their
+results on every rank (scores are gathered), so rank 0's is the whole batch's.
+
+Placement: by default the group makes its own placement group (`WorkerGroup`, disaggregated).
+Given ``placement_group=`` it puts rank ``i`` into bundle ``bundle_indices[i]`` of a group made
+by someone else, asking only for its own share of the bundle, so that engines can share the
+bundles (colocation, `rlrt_megatron.cluster.placement`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlrt_megatron.cluster.worker_group import RankWorker, WorkerGroup, WorkerGroupConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyGroupConfig:
+    """Attributes:
+    actor: the `rlrt_megatron.megatron.actor.ActorConfig` every rank builds its actor from.
+    num_ranks: world size (TP * PP * DP).
+    cpus_per_rank, gpus_per_rank: Ray resources of one rank (logical; fractions allowed).
+    placement_strategy: Ray strategy of the group's own placement group (disaggregated only).
+    torch_threads: intra-op threads per rank (None: torch's default, all cores).
+    env: extra environment for every rank (NCCL settings, ...).
+    """
+
+    actor: Any
+    num_ranks: int = 1
+    cpus_per_rank: float = 1.0
+    gpus_per_rank: float = 0.0
+    placement_strategy: str = "PACK"
+    placement_timeout_s: float = 120.0
+    torch_threads: int | None = 1
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_ranks < 1:
+            raise ValueError(f"num_ranks must be >= 1, got {self.num_ranks}")
+        model_parallel = self.actor.parallel.model_parallel
+        if self.num_ranks % model_parallel:
+            raise ValueError(
+                f"num_ranks={self.num_ranks} is not a multiple of TP*PP={model_parallel}"
+            )
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1 or None, got {self.torch_threads}")
+
+    def worker_group_config(self) -> WorkerGroupConfig:
+        return WorkerGroupConfig(
+            num_workers=self.num_ranks,
+            cpus_per_worker=self.cpus_per_rank,
+            gpus_per_worker=self.gpus_per_rank,
+            placement_strategy=self.placement_strategy,  # type: ignore[arg-type]
+            placement_timeout_s=self.placement_timeout_s,
+            env=dict(self.env),
+        )
+
+
+def build_policy_actor(actor_config: Any, torch_threads: int | None) -> Any:
+    """The factory every rank runs: a `PolicyActor` (imported here, inside the rank's process)."""
+    import torch
+
+    from rlrt_megatron.megatron.actor import PolicyActor
+
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)  # ranks share the node's cores with the engines
+    return PolicyActor(actor_config)
+
+
+def collect_hf_weights(actor: Any) -> dict[str, Any] | None:
+    """Drain the export on every rank; rank 0 returns ``{hf_name: tensor}`` (clones), others
+    None."""
+    import torch.distributed as dist
+
+    keep = dist.get_rank() == 0
+    weights = {}
+    for name, tensor in actor.export_hf_weights():
+        if keep:
+            weights[name] = tensor.detach().clone()
+    return weights if keep else None
+
+
+class SharedBundleWorkerGroup(WorkerGroup):
+    """A `WorkerGroup` whose ranks live in bundles of an existing placement group.
+
+    Each rank asks for ``cpus_per_worker`` / ``gpus_per_worker`` only, which may be less than its
+    bundle holds: the rest of the bundle is left for whatever shares it (engines). The group does
+    not remove the placement group at shutdown.
+    """
+
+    def __init__(
+        self, config: WorkerGroupConfig, placement_group: Any, bundle_indices: Sequence[int]
+    ) -> None:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if len(bundle_indices) != config.num_workers:
+            raise ValueError(f"{len(bundle_indices)} bundle indices for {config.num_workers} ranks")
+        self.config = config
+        self._pg = placement_group
+        ready, _ = ray.wait([placement_group.ready()], timeout=config.placement_timeout_s)
+        if not ready:
+            raise RuntimeError(
+                f"the shared placement group was not ready within {config.placement_timeout_s} s"
+            )
+        remote = ray.remote(RankWorker)
+        n = config.num_workers
+        self.workers = [
+            remote.options(
+                num_cpus=config.cpus_per_worker,
+                num_gpus=config.gpus_per_worker,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=placement_group, placement_group_bundle_index=bundle
+                ),
+            ).remote(rank, n, dict(config.env))
+            for rank, bundle in enumerate(bundle_indices)
+        ]
+        self._set_launcher_env()
+
+    def _set_launcher_env(self) -> None:
+        # The same rendezvous environment `WorkerGroup` sets: rank 0's node and a free port there.
+        import ray
+
+        ips = self._gather([w.node_ip.remote() for w in self.workers])
+        port = self._gather([self.workers[0].free_port.remote()])[0]
+        per_node: dict[str, int] = {}
+        envs = []
+        for ip in ips:
+            local_rank = per_node.get(ip, 0)
+            per_node[ip] = local_rank + 1
+            envs.append(dict(MASTER_ADDR=ips[0], MASTER_PORT=str(port), LOCAL_RANK=str(local_rank)))
+        ray.get([w.set_env.remote(env) for w, env in zip(self.workers, envs, strict=True)])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for worker in self.workers:
+            ray.kill(worker, no_restart=True)
+        self.workers = []
+
+
+class PolicyGroup:
+    """``num_ranks`` Ray actors, each hosting one `PolicyActor` of one torch.distributed world."""
+
+    def __init__(
+        self,
+        config: PolicyGroupConfig,
+        *,
+        placement_group: Any | None = None,
+        bundle_indices: Sequence[int] | None = None,
+    ) -> None:
+        self.config = config
+        wg_config = config.worker_group_config()
+        if placement_group is None:
+            if bundle_indices is not None:
+                raise ValueError("bundle_indices given without a placement_group")
+            self.workers: WorkerGroup = WorkerGroup(wg_config)
+        else:
+            indices = list(range(config.num_ranks)) if bundle_indices is None else bundle_indices
+            self.workers = SharedBundleWorkerGroup(wg_config, placement_group, indices)
+        try:
+            self.workers.setup(build_policy_actor, config.actor, config.torch_threads)
+        except BaseException:
+            self.workers.shutdown()
+            raise
+
+    @property
+    def world_size(self) -> int:
+        return self.workers.world_size
+
+    def score(
+        self,
+        prompts: Sequence[Sequence[int]],
+        responses: Sequence[Sequence[int]],
+        *,
+        teacher_prompts: Sequence[Sequence[int] | None] | None = None,
+        topk: int = 0,
+        teacher_entropy: bool = False,
+    ) -> Any:
+        """`PolicyActor.score` on every rank; rank 0's `ScoreResult` ([B, T] tensors)."""
+        results = self.workers.call_all(
+            "score",
+            [list(p) for p in prompts],
+            [list(r) for r in responses],
+            teacher_prompts=None if teacher_prompts is None else list(teacher_prompts),
+            topk=topk,
+            teacher_entropy=teacher_entropy,
+        )
+        return results[0]
+
+    def train_step(self, batch: Any, update: Any) -> list[dict[str, float]]:
+        """`PolicyActor.train_step` (a `TrainBatch`, an `UpdateConfig`) on every rank; rank 0's
+        metrics, one dict per optimizer step."""
+        return self.workers.call_all("train_step", batch, update)[0]
+
+    def hf_weights(self) -> dict[str, Any]:
+        """The full HF state dict, in this process. A whole copy of the model through Ray: for
+        checks and small models only; weight sync goes through `rlrt_megatron.cluster.sync`."""
+        return self.workers.run_all(collect_hf_weights)[0]
+
+    def run_all(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+        """``fn(policy_actor, *args, **kwargs)`` on every rank (``fn`` importable); all results."""
+        return self.workers.run_all(fn, *args, **kwargs)
+
+    def shutdown(self) -> None:
+        self.workers.shutdown()
+
+    def __enter__(self) -> PolicyGroup:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
