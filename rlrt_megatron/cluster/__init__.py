@@ -5,6 +5,9 @@ This package bridges the policy trainer (`rlrt_megatron.megatron`) and the gener
 `EnginePool.sync_weights`. Ray is imported lazily, inside the functions that need it.
 """
 
+from rlrt_megatron.cluster.agreement import LogprobAgreement, logprob_agreement
+from rlrt_megatron.cluster.placement import Placement, PlacementConfig
+from rlrt_megatron.cluster.policy_group import PolicyGroup, PolicyGroupConfig
 from rlrt_megatron.cluster.pool import (
     EngineFailure,
     EnginePool,
@@ -14,10 +17,23 @@ from rlrt_megatron.cluster.pool import (
     split_evenly,
 )
 from rlrt_megatron.cluster.ray_cluster import RayConfig, init_ray
+from rlrt_megatron.cluster.sync import PackedWeights, sync_policy_weights
 from rlrt_megatron.cluster.weight_sync import DEFAULT_BUCKET_BYTES, pack_buckets
+from rlrt_megatron.cluster.worker_group import WorkerGroup, WorkerGroupConfig, WorkerGroupError
 
 __all__ = [
     "DEFAULT_BUCKET_BYTES",
+    "LogprobAgreement",
+    "PackedWeights",
+    "Placement",
+    "PlacementConfig",
+    "PolicyGroup",
+    "PolicyGroupConfig",
+    "WorkerGroup",
+    "WorkerGroupConfig",
+    "WorkerGroupError",
+    "logprob_agreement",
+    "sync_policy_weights",
     "EngineFailure",
     "EnginePool",
     "EnginePoolConfig",

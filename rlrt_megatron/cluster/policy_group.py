@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlrt_megatron.cluster.worker_group import RankWorker, WorkerGroup, WorkerGroupConfig
+from rlrt_megatron.cluster.worker_group import WorkerGroup, WorkerGroupConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,65 +91,6 @@ def collect_hf_weights(actor: Any) -> dict[str, Any] | None:
     return weights if keep else None
 
 
-class SharedBundleWorkerGroup(WorkerGroup):
-    """A `WorkerGroup` whose ranks live in bundles of an existing placement group.
-
-    Each rank asks for ``cpus_per_worker`` / ``gpus_per_worker`` only, which may be less than its
-    bundle holds: the rest of the bundle is left for whatever shares it (engines). The group does
-    not remove the placement group at shutdown.
-    """
-
-    def __init__(
-        self, config: WorkerGroupConfig, placement_group: Any, bundle_indices: Sequence[int]
-    ) -> None:
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        if len(bundle_indices) != config.num_workers:
-            raise ValueError(f"{len(bundle_indices)} bundle indices for {config.num_workers} ranks")
-        self.config = config
-        self._pg = placement_group
-        ready, _ = ray.wait([placement_group.ready()], timeout=config.placement_timeout_s)
-        if not ready:
-            raise RuntimeError(
-                f"the shared placement group was not ready within {config.placement_timeout_s} s"
-            )
-        remote = ray.remote(RankWorker)
-        n = config.num_workers
-        self.workers = [
-            remote.options(
-                num_cpus=config.cpus_per_worker,
-                num_gpus=config.gpus_per_worker,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=placement_group, placement_group_bundle_index=bundle
-                ),
-            ).remote(rank, n, dict(config.env))
-            for rank, bundle in enumerate(bundle_indices)
-        ]
-        self._set_launcher_env()
-
-    def _set_launcher_env(self) -> None:
-        # The same rendezvous environment `WorkerGroup` sets: rank 0's node and a free port there.
-        import ray
-
-        ips = self._gather([w.node_ip.remote() for w in self.workers])
-        port = self._gather([self.workers[0].free_port.remote()])[0]
-        per_node: dict[str, int] = {}
-        envs = []
-        for ip in ips:
-            local_rank = per_node.get(ip, 0)
-            per_node[ip] = local_rank + 1
-            envs.append(dict(MASTER_ADDR=ips[0], MASTER_PORT=str(port), LOCAL_RANK=str(local_rank)))
-        ray.get([w.set_env.remote(env) for w, env in zip(self.workers, envs, strict=True)])
-
-    def shutdown(self) -> None:
-        import ray
-
-        for worker in self.workers:
-            ray.kill(worker, no_restart=True)
-        self.workers = []
-
-
 class PolicyGroup:
     """``num_ranks`` Ray actors, each hosting one `PolicyActor` of one torch.distributed world."""
 
@@ -161,14 +102,11 @@ class PolicyGroup:
         bundle_indices: Sequence[int] | None = None,
     ) -> None:
         self.config = config
-        wg_config = config.worker_group_config()
-        if placement_group is None:
-            if bundle_indices is not None:
-                raise ValueError("bundle_indices given without a placement_group")
-            self.workers: WorkerGroup = WorkerGroup(wg_config)
-        else:
-            indices = list(range(config.num_ranks)) if bundle_indices is None else bundle_indices
-            self.workers = SharedBundleWorkerGroup(wg_config, placement_group, indices)
+        self.workers = WorkerGroup(
+            config.worker_group_config(),
+            placement_group=placement_group,
+            bundle_indices=bundle_indices,
+        )
         try:
             self.workers.setup(build_policy_actor, config.actor, config.torch_threads)
         except BaseException:

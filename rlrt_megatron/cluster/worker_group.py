@@ -78,9 +78,20 @@ class RankWorker:
 
 
 class WorkerGroup:
-    def __init__(self, config: WorkerGroupConfig) -> None:
+    """``config.num_workers`` ranks. By default the group makes (and later removes) its own
+    placement group; given ``placement_group``, rank ``i`` goes into its bundle
+    ``bundle_indices[i]``, asking only for its own share, so that others (engines) can share the
+    bundles; the group then leaves the placement group in place at shutdown."""
+
+    def __init__(
+        self,
+        config: WorkerGroupConfig,
+        *,
+        placement_group: Any | None = None,
+        bundle_indices: Sequence[int] | None = None,
+    ) -> None:
         import ray
-        from ray.util.placement_group import placement_group
+        from ray.util.placement_group import placement_group as make_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.config = config
@@ -88,10 +99,21 @@ class WorkerGroup:
         bundle = {"CPU": config.cpus_per_worker}
         if config.gpus_per_worker:
             bundle["GPU"] = config.gpus_per_worker
-        self._pg = placement_group([dict(bundle) for _ in range(n)], config.placement_strategy)
-        ready, _ = ray.wait([self._pg.ready()], timeout=config.placement_timeout_s)
+        self._owns_pg = placement_group is None
+        if placement_group is None:
+            if bundle_indices is not None:
+                raise ValueError("bundle_indices given without a placement_group")
+            placement_group = make_placement_group(
+                [dict(bundle) for _ in range(n)], config.placement_strategy
+            )
+        indices = list(range(n)) if bundle_indices is None else list(bundle_indices)
+        if len(indices) != n:
+            raise ValueError(f"{len(indices)} bundle indices for {n} ranks")
+        self._pg = placement_group
+        ready, _ = ray.wait([placement_group.ready()], timeout=config.placement_timeout_s)
         if not ready:
-            ray.util.remove_placement_group(self._pg)
+            if self._owns_pg:
+                ray.util.remove_placement_group(placement_group)
             raise WorkerGroupError(
                 f"the cluster did not grant {n} bundles of {bundle} ({config.placement_strategy}) "
                 f"within {config.placement_timeout_s:.0f} s: check `ray status` for free resources"
@@ -102,10 +124,10 @@ class WorkerGroup:
                 num_cpus=config.cpus_per_worker,
                 num_gpus=config.gpus_per_worker,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self._pg, placement_group_bundle_index=rank
+                    placement_group=placement_group, placement_group_bundle_index=index
                 ),
             ).remote(rank, n, dict(config.env))
-            for rank in range(n)
+            for rank, index in enumerate(indices)
         ]
         ips = self._gather([w.node_ip.remote() for w in self.workers])
         master_port = self._gather([self.workers[0].free_port.remote()])[0]
@@ -156,7 +178,9 @@ class WorkerGroup:
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
         self.workers = []
-        ray.util.remove_placement_group(self._pg)
+        if self._owns_pg and self._pg is not None:
+            ray.util.remove_placement_group(self._pg)
+        self._pg = None
 
     def __enter__(self) -> WorkerGroup:
         return self
