@@ -39,7 +39,7 @@ class Command:
 
 _COMMANDS: dict[str, Command] = {}
 # Modules that register further commands when imported (e.g. a future "rlrt_megatron.score").
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("rlrt_megatron.trainer.commands",)
 
 
 def register_command(

@@ -1,0 +1,72 @@
+"""``rlrt train`` and ``rlrt quickstart`` (registered with the CLI when it first builds)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rlrt_megatron.cli import CommandError, register_command
+from rlrt_megatron.configuration import ConfigError
+
+DEFAULT_QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart_cpu.yaml"
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run config YAML (see configs/)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value overrides, e.g. algorithm.method=grpo trainer.steps=5",
+    )
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from rlrt_megatron.trainer.config import load_run_config
+    from rlrt_megatron.trainer.loop import train
+
+    try:
+        config = load_run_config(args.config, args.overrides)
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
+    summary = train(config)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default=str(DEFAULT_QUICKSTART), help="quickstart config (default: %(default)s)"
+    )
+    parser.add_argument("overrides", nargs="*", help="key=value overrides (quickstart.* too)")
+
+
+def _run_quickstart(args: argparse.Namespace) -> int:
+    from rlrt_megatron.trainer.quickstart import run_quickstart
+
+    try:
+        summary = run_quickstart(args.config, args.overrides)
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
+    keys = (
+        "method",
+        "steps",
+        "train_reward_first",
+        "train_reward_last",
+        "eval_accuracy_before",
+        "eval_accuracy_after",
+        "seconds",
+    )
+    print(json.dumps({k: summary.get(k) for k in keys}, indent=2, default=str))
+    return 0
+
+
+register_command(
+    "train", "train a policy with RL from a run config", _add_train_arguments, _run_train
+)
+register_command(
+    "quickstart",
+    "the CPU quickstart: tiny Qwen3, SFT warm-up, RLRT with the real stack",
+    _add_quickstart_arguments,
+    _run_quickstart,
+)

@@ -1,0 +1,296 @@
+"""The RL loop. `train` is the whole run; `rl_step` is one step, readable top to bottom:
+
+rollout → reward → group advantages → teacher batch → old/teacher log-probs → token advantages →
+update → weight sync → metrics (→ checkpoint, evaluation in `train`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlrt_megatron.cluster.agreement import logprob_agreement
+from rlrt_megatron.configuration import save_config
+from rlrt_megatron.data.templating import encode_chat
+from rlrt_megatron.megatron.checkpoint import resolve_resume
+from rlrt_megatron.megatron.train_step import TrainBatch, UpdateConfig
+from rlrt_megatron.rewards.pool import RewardPool
+from rlrt_megatron.rollout.sampling import SamplingConfig
+from rlrt_megatron.trainer.config import RunConfig
+from rlrt_megatron.trainer.evaluation import evaluate
+from rlrt_megatron.trainer.metrics import MetricsLogger, StepTimer
+from rlrt_megatron.trainer.preemption import PreemptionHandler
+from rlrt_megatron.trainer.prompts import load_prompts, load_tokenizer, prompt_batches
+from rlrt_megatron.trainer.stack import build_placement, checkpoint_dir, load_on_rank, save_on_rank
+from rlrt_megatron.trainer.step_batch import (
+    StepRollouts,
+    compute_token_advantages,
+    keep_informative_groups,
+    plan_teachers,
+    shaped_advantages,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """What a checkpoint carries besides the model and optimizer."""
+
+    step: int = 0
+    data: dict | None = None
+    rng: dict | None = None
+
+
+def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) -> dict[str, float]:
+    """One RL step on ``prompts`` (a batch of `TemplatedPrompt`); returns its metrics."""
+    alg, timer = config.algorithm, StepTimer()
+    k = config.data.rollouts_per_prompt
+    sampling = SamplingConfig(
+        n=k,
+        temperature=config.rollout.temperature,
+        top_p=config.rollout.top_p,
+        top_k=config.rollout.top_k,
+        max_tokens=config.rollout.max_response_tokens,
+        seed=config.trainer.seed * 1_000_003 + step * len(prompts),  # resumable sampling
+    )
+    with timer("rollout"):
+        samples = run.engines.generate([p.ids for p in prompts], sampling)
+    rollouts = StepRollouts([p.record for p in prompts], [p.ids for p in prompts], samples)
+    flat = rollouts.flat_samples()
+    with timer("reward"):
+        truths = [p.record.ground_truth for p in prompts for _ in range(k)]
+        graded = run.rewards.grade([s.text for s in flat], truths)
+    rewards = torch.tensor(graded.scores, dtype=torch.float32).view(len(prompts), k)
+    metrics = _rollout_metrics(rewards, flat, graded)
+    if config.trainer.dynamic_sampling:
+        keep = keep_informative_groups(rewards)
+        metrics["dynamic_sampling/kept_groups"] = float(keep.sum())
+        if not keep.any():
+            return {**metrics, "update/skipped": 1.0, **timer.metrics()}
+        idx = keep.nonzero().flatten().tolist()
+        rollouts = StepRollouts(
+            *([getattr(rollouts, f)[i] for i in idx] for f in ("records", "prompt_ids", "samples"))
+        )
+        rewards, flat = rewards[keep], rollouts.flat_samples()
+
+    correct = rewards >= 1.0
+    advantages = shaped_advantages(alg, rollouts, rewards)
+    lam = alg.schedule().value(step)
+    plan = plan_teachers(alg, rollouts, correct, advantages, lam, generator)
+    teacher_prompts = [
+        None
+        if m is None
+        else encode_chat(run.tokenizer, m, enable_thinking=config.model.enable_thinking)
+        for m in plan.messages
+    ]
+    prompts_flat, responses = rollouts.flat_prompts(), [s.token_ids for s in flat]
+    with timer("logprobs"):
+        scores = run.policy.score(
+            prompts_flat,
+            responses,
+            teacher_prompts=teacher_prompts if plan.rows.any() else None,
+            teacher_entropy=alg.spec.needs_teacher_entropy,
+        )
+    token_adv = compute_token_advantages(
+        alg,
+        advantages=advantages.flatten(),
+        correct=correct.flatten(),
+        student_logprobs=scores.student_log_prob,
+        teacher_logprobs=scores.teacher_log_prob,
+        response_mask=scores.response_mask,
+        has_teacher=plan.rows,
+        lam=lam,
+    )
+    engine_logprobs = rollouts.padded(lambda s: s.logprobs)
+    batch = TrainBatch(
+        prompts=prompts_flat,
+        responses=responses,
+        old_logprobs=scores.student_log_prob,
+        token_advantages=token_adv.values,
+        pg_rows=token_adv.pg_rows,
+        distill_rows=token_adv.distill_rows,
+        rollout_logprobs=engine_logprobs,
+        teacher_prompts=teacher_prompts,
+        teacher_entropy=scores.teacher_entropy,
+    )
+    update = UpdateConfig(
+        method=alg.method,
+        loss=alg.loss_config(),
+        mini_batches=config.actor.mini_batches,
+        max_tokens=config.actor.max_tokens,
+        topk=alg.spec.defaults.distill_topk if alg.distill_topk is None else alg.distill_topk,
+        srpo_beta=alg.spec.defaults.srpo_beta if alg.srpo_beta is None else alg.srpo_beta,
+        temperature=config.rollout.temperature,
+    )
+    with timer("update"):
+        update_metrics = run.policy.train_step(batch, update)
+    with timer("sync"):
+        sync = run.placement.sync_weights()  # version = the engines' current + 1
+
+    mask = scores.response_mask
+    metrics.update(_mean_of(update_metrics, prefix="update/"))
+    metrics.update(logprob_agreement(engine_logprobs, scores.student_log_prob, mask).metrics())
+    metrics.update({f"reweight/{k}": v for k, v in token_adv.metrics.items()})
+    metrics.update(
+        {
+            "lambda": lam,
+            "teacher/batch_size": float(plan.rows.sum()),
+            "teacher/has_context": float(plan.has_context.float().mean()),
+            "policy/entropy": float(scores.student_entropy[mask].mean()),
+            "sync/seconds": sync.seconds,
+            "sync/version": float(sync.version),
+        }
+    )
+    if scores.kl is not None and plan.rows.any():
+        rows = plan.rows.unsqueeze(-1) & mask
+        metrics["teacher/kl_mean"] = float(scores.kl[rows].mean())
+    return {**metrics, **timer.metrics()}
+
+
+def _rollout_metrics(rewards: torch.Tensor, flat: list, graded: Any) -> dict[str, float]:
+    lengths = torch.tensor([len(s.token_ids) for s in flat], dtype=torch.float32)
+    statuses = graded.statuses
+    return {
+        "reward/mean": float(rewards.mean()),
+        "reward/accuracy": float((rewards >= 1.0).float().mean()),
+        "reward/timeout_rate": statuses.count("timeout") / len(statuses),
+        "reward/no_answer_rate": statuses.count("no_answer") / len(statuses),
+        "response/length_mean": float(lengths.mean()),
+        "response/length_max": float(lengths.max()),
+        "response/truncation_rate": sum(s.finish_reason == "length" for s in flat) / len(flat),
+        "rollout/weight_version": float(min(s.weight_version for s in flat)),
+    }
+
+
+def _mean_of(per_minibatch: list[dict[str, float]], prefix: str) -> dict[str, float]:
+    keys = {k for m in per_minibatch for k in m}
+    return {
+        prefix + k: float(np.mean([m[k] for m in per_minibatch if k in m])) for k in sorted(keys)
+    }
+
+
+@dataclass
+class _Run:
+    placement: Any
+    rewards: Any
+    tokenizer: Any
+
+    @property
+    def policy(self) -> Any:
+        return self.placement.policy
+
+    @property
+    def engines(self) -> Any:
+        return self.placement.engines
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    return {
+        "torch": generator.get_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+
+
+def train(config: RunConfig) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the summary also written to ``summary.json``."""
+    from rlrt_megatron.cluster.ray_cluster import init_ray
+
+    started = time.time()
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    tokenizer = load_tokenizer(config.model.path)
+    load = dict(
+        max_prompt_tokens=config.data.max_prompt_tokens,
+        on_bad_row=config.data.on_bad_row,
+        enable_thinking=config.model.enable_thinking,
+    )
+    train_prompts, data_counts = load_prompts(config.data.train_files, tokenizer, **load)
+    eval_prompts = (
+        load_prompts(config.data.eval_files, tokenizer, **load)[0] if config.data.eval_files else []
+    )
+    batches = prompt_batches(train_prompts, config.data.prompts_per_step, config.data.seed)
+    generator = torch.Generator().manual_seed(config.trainer.seed)
+
+    init_ray(config.ray)
+    with RewardPool.from_config(config.reward) as rewards, build_placement(config) as placement:
+        run = _Run(placement, rewards, tokenizer)
+        state = RunState()
+        resume_from = resolve_resume(checkpoint_dir(config), config.trainer.resume)
+        if resume_from is not None:
+            extra = run.policy.run_all(load_on_rank, str(resume_from))[0]
+            state = RunState(step=extra["step"], data=extra.get("data"), rng=extra.get("rng"))
+            batches.load_state_dict(state.data)
+            generator.set_state(state.rng["torch"])
+            random.setstate(state.rng["python"])
+            np.random.set_state(state.rng["numpy"])
+            placement.sync_weights(version=state.step)
+            logger.info("resumed from %s at step %d", resume_from, state.step)
+        eval_sampling = SamplingConfig(
+            n=config.eval.n,
+            temperature=config.eval.temperature,
+            top_p=config.eval.top_p,
+            top_k=config.eval.top_k,
+            max_tokens=config.eval.max_response_tokens,
+            seed=config.trainer.seed,
+        )
+        summary: dict[str, Any] = {"method": config.algorithm.method, "data": data_counts}
+        if eval_prompts and state.step == 0:
+            summary["eval_before"] = evaluate(run.engines, rewards, eval_prompts, eval_sampling)
+        first_reward = None
+        last: dict[str, float] = {}
+        with (
+            MetricsLogger(
+                run_dir,
+                total_steps=config.trainer.steps,
+                initial_step=state.step,
+                console=config.trainer.console,
+            ) as log,
+            PreemptionHandler() as stop,
+        ):
+            for step in range(state.step, config.trainer.steps):
+                last = rl_step(config, step, run, next(batches), generator)
+                if config.eval.every and eval_prompts and (step + 1) % config.eval.every == 0:
+                    last.update(
+                        {
+                            f"eval/{k}": v
+                            for k, v in evaluate(
+                                run.engines, rewards, eval_prompts, eval_sampling
+                            ).items()
+                        }
+                    )
+                log.log(step + 1, last)
+                first_reward = last["reward/mean"] if first_reward is None else first_reward
+                done = step + 1 == config.trainer.steps
+                if done or stop.should_stop or (step + 1) % config.trainer.save_every == 0:
+                    extra = {"data": batches.state_dict(), "rng": _rng_state(generator)}
+                    run.policy.run_all(
+                        save_on_rank, str(checkpoint_dir(config)), step + 1, extra, None
+                    )
+                if stop.should_stop:
+                    logger.warning("stopping after step %d on %s", step + 1, stop.received)
+                    summary["preempted"] = True
+                    break
+        if eval_prompts:
+            summary["eval_after"] = evaluate(run.engines, rewards, eval_prompts, eval_sampling)
+    summary.update(
+        steps=config.trainer.steps,
+        train_reward_first=first_reward,
+        train_reward_last=last.get("reward/mean"),
+        seconds=time.time() - started,
+    )
+    if "eval_before" in summary:
+        summary["eval_accuracy_before"] = summary["eval_before"]["accuracy"]
+    if "eval_after" in summary:
+        summary["eval_accuracy_after"] = summary["eval_after"]["accuracy"]
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
