@@ -39,7 +39,10 @@ class Command:
 
 _COMMANDS: dict[str, Command] = {}
 # Modules that register further commands when imported (e.g. a future "rlrt_megatron.score").
-_COMMAND_MODULES: tuple[str, ...] = ("rlrt_megatron.trainer.commands",)
+_COMMAND_MODULES: tuple[str, ...] = (
+    "rlrt_megatron.trainer.commands",
+    "rlrt_megatron.megatron.score_command",
+)
 
 
 def register_command(

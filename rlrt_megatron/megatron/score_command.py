@@ -1,0 +1,381 @@
+"""``rlrt score``: per-token log-probs, entropies, teacher log-probs and KL of given responses.
+
+Loads a Hugging Face Qwen3 checkpoint into megatron-core at ``--tp`` × ``--pp`` (the command
+starts the TP·PP worker processes itself) and scores each input line with
+:func:`~rlrt_megatron.megatron.scoring.score_rollouts`, the same path the trainer uses for its
+old log-probs and D̄_t; so it doubles as an end-to-end check of that path against any reference.
+
+Input (jsonl, one rollout a line; blank lines are skipped)::
+
+    {"prompt": str, "response": str, "context": str | null}
+    {"prompt_ids": [int], "response_ids": [int], "teacher_prompt_ids": [int] | null}
+
+``prompt`` is rendered as one user message through the tokenizer's chat template (as-is with
+``--raw-prompt``); the teacher prompt is the same with the user message wrapped around
+``context`` by ``--teacher-template``. ``response`` is tokenized as plain text without special
+tokens. Text and id fields may be mixed per part (e.g. ``prompt`` with ``response_ids``), except
+that ``context`` needs the prompt as text. Every line is checked (JSON, keys, empty response, ids
+within the model's vocab, length within ``max_position_embeddings``) before any worker starts.
+
+Output (jsonl, one line per input rollout, same order; written atomically)::
+
+    {"tokens": [str], "token_ids": [int], "logprobs": [float], "entropy": [float],
+     "teacher_logprobs": [float] | null, "kl": [float] | null}
+
+with ``kl[t]`` = KL(P_S^t ‖ P_T^t) over the full vocabulary at response position t.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlrt_megatron.cli import CommandError, register_command
+from rlrt_megatron.teacher.templates import PEER_TEMPLATE
+
+_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One input line, tokenized: the ids the model sees (1-D lists of ints)."""
+
+    line: int  # 1-based line number in the input file (for messages)
+    prompt_ids: list[int]
+    response_ids: list[int]
+    teacher_prompt_ids: list[int] | None
+
+
+class ScoreInputError(ValueError):
+    """An input line is malformed; the message names the file and the line."""
+
+
+def _ids(value: Any, where: str, key: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise ScoreInputError(f"{where}: {key!r} must be a list of integers")
+    return list(value)
+
+
+def _text(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise ScoreInputError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def parse_score_line(
+    record: Any,
+    where: str,
+    line: int,
+    tokenizer: Any,
+    *,
+    raw_prompt: bool = False,
+    teacher_template: str = PEER_TEMPLATE,
+) -> ScoreRequest:
+    """Tokenize one decoded jsonl record (see the module docstring); ``where`` prefixes errors."""
+    from rlrt_megatron.data.templating import encode_chat
+    from rlrt_megatron.teacher.contexts import teacher_messages
+
+    if not isinstance(record, dict):
+        raise ScoreInputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+
+    def render(messages: list[dict[str, str]]) -> list[int]:
+        if raw_prompt:
+            return list(tokenizer.encode(messages[0]["content"], add_special_tokens=False))
+        return encode_chat(tokenizer, messages)
+
+    if "prompt_ids" in record:
+        prompt_ids = _ids(record["prompt_ids"], where, "prompt_ids")
+        prompt_text = None
+    elif "prompt" in record:
+        prompt_text = _text(record["prompt"], where, "prompt")
+        prompt_ids = render([{"role": "user", "content": prompt_text}])
+    else:
+        raise ScoreInputError(f"{where}: missing key 'prompt' (or 'prompt_ids')")
+
+    if "response_ids" in record:
+        response_ids = _ids(record["response_ids"], where, "response_ids")
+    elif "response" in record:
+        response = _text(record["response"], where, "response")
+        response_ids = list(tokenizer.encode(response, add_special_tokens=False))
+    else:
+        raise ScoreInputError(f"{where}: missing key 'response' (or 'response_ids')")
+    if not response_ids:
+        raise ScoreInputError(f"{where}: empty response (nothing to score)")
+    if not prompt_ids:
+        raise ScoreInputError(f"{where}: empty prompt")
+
+    teacher_ids: list[int] | None = None
+    context = record.get("context")
+    if record.get("teacher_prompt_ids") is not None:
+        if context is not None:
+            raise ScoreInputError(f"{where}: give 'context' or 'teacher_prompt_ids', not both")
+        teacher_ids = _ids(record["teacher_prompt_ids"], where, "teacher_prompt_ids")
+        if not teacher_ids:
+            raise ScoreInputError(f"{where}: empty 'teacher_prompt_ids'")
+    elif context is not None:
+        context = _text(context, where, "context")
+        if prompt_text is None:
+            raise ScoreInputError(
+                f"{where}: 'context' needs the prompt as text ('prompt'); with 'prompt_ids' give "
+                "the teacher prompt as 'teacher_prompt_ids'"
+            )
+        try:
+            messages = teacher_messages(
+                [{"role": "user", "content": prompt_text}], context, teacher_template
+            )
+        except (ValueError, KeyError, IndexError) as error:
+            raise ScoreInputError(f"{where}: cannot build the teacher prompt: {error}") from None
+        teacher_ids = render(messages)
+    return ScoreRequest(line, prompt_ids, response_ids, teacher_ids)
+
+
+def load_score_requests(
+    path: str | Path,
+    tokenizer: Any,
+    *,
+    vocab_size: int,
+    max_positions: int,
+    raw_prompt: bool = False,
+    teacher_template: str = PEER_TEMPLATE,
+) -> list[ScoreRequest]:
+    """Read and tokenize every line of ``path``; raise :class:`ScoreInputError` naming
+    ``path:line`` for the first bad one (ids outside ``[0, vocab_size)``, a prompt+response
+    longer than ``max_positions``, ...)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ScoreInputError(f"cannot read {path}: {error.strerror or error}") from None
+    requests = []
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ScoreInputError(
+                f"{where}: malformed JSON ({error.msg} at column {error.colno})"
+            ) from None
+        request = parse_score_line(
+            record,
+            where,
+            number,
+            tokenizer,
+            raw_prompt=raw_prompt,
+            teacher_template=teacher_template,
+        )
+        parts = {"prompt": request.prompt_ids, "response": request.response_ids}
+        if request.teacher_prompt_ids is not None:
+            parts["teacher prompt"] = request.teacher_prompt_ids
+        for what, ids in parts.items():
+            bad = [i for i in ids if not 0 <= i < vocab_size]
+            if bad:
+                raise ScoreInputError(
+                    f"{where}: {what} has token id {bad[0]} outside the vocabulary [0, "
+                    f"{vocab_size})"
+                )
+        for what, prefix in parts.items():
+            if what == "response":
+                continue
+            total = len(prefix) + len(request.response_ids)
+            if total > max_positions:
+                raise ScoreInputError(
+                    f"{where}: {what} + response is {total} tokens, longer than the model's "
+                    f"max_position_embeddings {max_positions}"
+                )
+        requests.append(request)
+    if not requests:
+        raise ScoreInputError(f"{path} has no rollouts (it is empty)")
+    return requests
+
+
+def _score_worker(
+    rank: int,
+    model_dir: str,
+    tp: int,
+    pp: int,
+    dtype: str,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    teachers: list[list[int] | None] | None,
+    max_tokens: int,
+) -> dict[str, list[list[float]] | None] | None:
+    """One rank of ``rlrt score``; rank 0 returns the per-rollout lists (trimmed to each
+    response's length), the others ``None`` (every rank holds the result; one copy is enough)."""
+    import torch
+
+    from rlrt_megatron.megatron.parallel import (
+        ParallelConfig,
+        destroy_parallel,
+        initialize_parallel,
+    )
+    from rlrt_megatron.megatron.scoring import score_rollouts
+    from rlrt_megatron.models.qwen3_megatron import build_qwen3_model
+
+    initialize_parallel(ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp))
+    try:
+        torch_dtype = torch.float32 if dtype == "float32" else torch.bfloat16
+        model = build_qwen3_model(model_dir, dtype=torch_dtype)
+        for chunk in model.chunks:
+            chunk.eval()
+        result = score_rollouts(
+            model, prompts, responses, teacher_prompts=teachers, max_tokens=max_tokens
+        )
+    finally:
+        destroy_parallel()
+    if rank != 0:
+        return None
+
+    def rows(tensor: torch.Tensor | None) -> list[list[float]] | None:
+        if tensor is None:
+            return None
+        return [tensor[i, : len(r)].float().tolist() for i, r in enumerate(responses)]
+
+    return {
+        "logprobs": rows(result.student_log_prob),
+        "entropy": rows(result.student_entropy),
+        "teacher_logprobs": rows(result.teacher_log_prob),
+        "kl": rows(result.kl),
+    }
+
+
+def _write_atomically(path: Path, lines: list[str]) -> None:
+    """Write to a temporary file next to ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(line + "\n" for line in lines)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="HF Qwen3 checkpoint folder")
+    parser.add_argument("--data", type=Path, required=True, help="input jsonl (see rlrt score)")
+    parser.add_argument("--output", type=Path, required=True, help="output jsonl (atomic)")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
+    parser.add_argument(
+        "--dtype", choices=_DTYPES, default="float32", help="model dtype (default float32)"
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=8192,
+        help="padded tokens per micro-batch, both views of a rollout counted (default 8192)",
+    )
+    parser.add_argument(
+        "--raw-prompt",
+        action="store_true",
+        help="use the prompt text as-is instead of the tokenizer's chat template",
+    )
+    parser.add_argument(
+        "--teacher-template",
+        default=PEER_TEMPLATE,
+        help="teacher user message with {prompt} and {context} (default: the peer template)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds before the workers are killed"
+    )
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from rlrt_megatron.megatron.launcher import LaunchTimeout, WorkerError, launch
+    from rlrt_megatron.models.qwen3_checkpoint import CheckpointError, validate_qwen3_layout
+
+    if args.tp < 1 or args.pp < 1:
+        raise CommandError(f"--tp and --pp must be >= 1, got --tp {args.tp} --pp {args.pp}")
+    if args.max_tokens < 1:
+        raise CommandError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    for field in ("{prompt}", "{context}"):
+        if field not in args.teacher_template:
+            raise CommandError(f"--teacher-template must contain {field}")
+    model_dir, output = args.model.resolve(), args.output.resolve()
+    try:
+        checkpoint = validate_qwen3_layout(model_dir, args.tp, args.pp)
+    except CheckpointError as error:
+        raise CommandError(str(error)) from None
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    try:
+        requests = load_score_requests(
+            args.data,
+            tokenizer,
+            vocab_size=checkpoint.vocab_size,
+            max_positions=checkpoint.max_position_embeddings,
+            raw_prompt=args.raw_prompt,
+            teacher_template=args.teacher_template,
+        )
+    except ScoreInputError as error:
+        raise CommandError(str(error)) from None
+    for request in requests:
+        # Unpadded form of the micro-batch planner's check, so it fails here and not in workers.
+        longest = max(len(request.prompt_ids), len(request.teacher_prompt_ids or []))
+        views = 1 if request.teacher_prompt_ids is None else 2
+        need = views * (longest + len(request.response_ids))
+        if need > args.max_tokens:
+            raise CommandError(
+                f"{args.data}:{request.line}: needs {need} tokens in one micro-batch, more than "
+                f"--max-tokens {args.max_tokens}"
+            )
+    teachers = [r.teacher_prompt_ids for r in requests]
+    nprocs = args.tp * args.pp
+    print(
+        f"scoring {len(requests)} rollouts with {model_dir} at TP={args.tp} PP={args.pp} "
+        f"({nprocs} processes, {args.dtype})"
+    )
+    try:
+        results = launch(
+            _score_worker,
+            nprocs,
+            str(model_dir),
+            args.tp,
+            args.pp,
+            args.dtype,
+            [r.prompt_ids for r in requests],
+            [r.response_ids for r in requests],
+            teachers if any(t is not None for t in teachers) else None,
+            args.max_tokens,
+            timeout_s=args.timeout,
+        )
+    except (WorkerError, LaunchTimeout) as error:
+        raise CommandError(str(error)) from None
+    scores = next((value for value in results.values() if value is not None), None)
+    if scores is None:  # a rank other than 0 under torchrun/Slurm: rank 0 writes the file
+        return 0
+    lines = []
+    for i, request in enumerate(requests):
+        teacher = request.teacher_prompt_ids is not None
+        record = {
+            "tokens": [tokenizer.decode([t]) for t in request.response_ids],
+            "token_ids": request.response_ids,
+            "logprobs": scores["logprobs"][i],
+            "entropy": scores["entropy"][i],
+            "teacher_logprobs": scores["teacher_logprobs"][i] if teacher else None,
+            "kl": scores["kl"][i] if teacher else None,
+        }
+        lines.append(json.dumps(record, ensure_ascii=False))
+    _write_atomically(output, lines)
+    print(f"wrote {output}")
+    return 0
+
+
+register_command(
+    "score",
+    "per-token log-probs, entropies and (with a teacher context) teacher log-probs and KL of "
+    "given responses, with a HF Qwen3 checkpoint loaded at --tp/--pp",
+    _add_score_arguments,
+    _run_score,
+)
