@@ -18,7 +18,7 @@ from rlrt_megatron.algorithms.schedules import LinearSchedule, lambda_schedule
 @dataclass(frozen=True, kw_only=True)
 class AlgorithmConfig:
     method: str = "rlrt"
-    """One of grpo, grpo_eb, rlrt, rlrt_all, rlsd, sdpo, srpo."""
+    """One of grpo, grpo_eb, diver, rlrt, rlrt_all, rlsd, sdpo, srpo."""
     normalize_by_std: bool | None = None
     """Divide group-centred rewards by the group std (None: the method's default)."""
     adv_eps: float = 1e-6

@@ -1,0 +1,147 @@
+"""The paper's run configs (configs/paper/): every file loads, and each backbone × method
+resolves to the paper's settings (shared/DESIGN.md §1, Table 5). Fast: no models are built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlrt_megatron.trainer.config import RunConfig, load_run_config
+
+PAPER = Path(__file__).resolve().parents[2] / "configs" / "paper"
+METHODS = ("grpo", "grpo_eb", "diver", "rlrt", "rlrt_all", "rlsd", "sdpo", "srpo")
+# backbone folder → (model folder, enable_thinking, RLRT ε_w, RLRT λ decay steps or None)
+BACKBONES = {
+    "qwen3_4b_base": ("models/Qwen3-4B-Base", None, 1.0, None),
+    "qwen3_8b_base": ("models/Qwen3-8B-Base", None, 1.0, None),
+    "qwen3_4b_instruct_2507": ("models/Qwen3-4B-Instruct-2507", None, 0.5, 30),
+    "qwen3_8b_no_think": ("models/Qwen3-8B", False, 0.2, 30),
+}
+LR = {
+    "grpo": 1e-6,
+    "grpo_eb": 1e-6,
+    "diver": 1e-6,
+    "rlrt": 1e-6,
+    "rlrt_all": 1e-6,
+    "rlsd": 1e-6,
+    "sdpo": 1e-5,
+    "srpo": 5e-6,
+}
+STD = {
+    "grpo": False,
+    "grpo_eb": False,
+    "diver": True,
+    "rlrt": True,
+    "rlrt_all": True,
+    "rlsd": True,
+    "sdpo": False,
+    "srpo": False,
+}
+GPUS_PER_NODE = 8
+
+
+def _yaml_files() -> list[Path]:
+    return sorted(PAPER.rglob("*.yaml"))
+
+
+def test_the_tree_is_complete() -> None:
+    expected = {PAPER / "common.yaml"}
+    for backbone in BACKBONES:
+        expected.add(PAPER / backbone / "backbone.yaml")
+        expected.update(PAPER / backbone / f"{m}.yaml" for m in METHODS)
+    assert set(_yaml_files()) == expected
+    assert (PAPER / "README.md").is_file()
+
+
+@pytest.mark.parametrize("path", _yaml_files(), ids=lambda p: str(p.relative_to(PAPER)))
+def test_every_file_loads_and_says_what_it_is(path: Path) -> None:
+    assert path.read_text().startswith("# "), f"{path} has no header comment"
+    assert isinstance(load_run_config(path), RunConfig)
+
+
+def _lam(config: RunConfig, step: int) -> float:
+    return config.algorithm.schedule().value(step)
+
+
+def _check_table5(c: RunConfig) -> None:
+    assert c.data.train_files == ["data/dapo-math-17k.parquet"]
+    assert (c.data.prompts_per_step, c.data.rollouts_per_prompt) == (256, 8)
+    assert c.data.max_prompt_tokens == 2048
+    assert c.rollout.max_response_tokens == 20480
+    assert (c.rollout.temperature, c.rollout.top_p, c.rollout.top_k) == (1.0, 1.0, 0)
+    # mini-batch of 128 questions: 256 / 2
+    assert c.data.prompts_per_step // c.actor.mini_batches == 128
+    opt = c.actor.optimizer
+    assert (opt.warmup_steps, opt.weight_decay, opt.clip_grad) == (10, 0.01, 1.0)
+    a = c.algorithm
+    assert (a.clip_low, a.clip_high, a.rollout_is_clip, a.aggregation) == (
+        0.2,
+        0.28,
+        2.0,
+        "token-mean",
+    )
+    assert c.actor.dtype == torch.bfloat16
+    e = c.eval
+    assert (e.n, e.temperature, e.top_p, e.top_k, e.max_response_tokens) == (
+        16,
+        0.7,
+        0.8,
+        20,
+        38912,
+    )
+
+
+def _check_layout(c: RunConfig) -> None:
+    p = c.actor.parallel
+    ranks = p.tensor_parallel * p.pipeline_parallel * c.actor.data_parallel
+    actor_gpus = ranks * c.actor.gpus_per_rank
+    engine_gpus = c.rollout.num_engines * c.rollout.gpus_per_engine
+    assert c.actor.gpus_per_rank == 1 and c.rollout.placement == "disaggregated"
+    # TP stays inside a node; actor and engines each fill whole 8-GPU nodes (one node each).
+    assert GPUS_PER_NODE % p.tensor_parallel == 0
+    assert actor_gpus == GPUS_PER_NODE and engine_gpus == GPUS_PER_NODE
+    assert c.rollout.gpus_per_engine >= c.rollout.tensor_parallel
+    assert not c.actor.sequence_parallel or p.tensor_parallel > 1
+    # The micro-batch budget holds the widest rollout paired with its teacher sequence
+    # (a peer rollout as context in the teacher prompt).
+    widest = c.data.max_prompt_tokens + 2 * c.rollout.max_response_tokens
+    assert c.actor.max_tokens >= 2 * widest
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_backbone_method_resolves_to_the_paper(backbone: str, method: str) -> None:
+    c = load_run_config(PAPER / backbone / f"{method}.yaml")
+    model_path, thinking, rlrt_eps, rlrt_decay = BACKBONES[backbone]
+    assert c.model.path == model_path
+    assert c.model.enable_thinking is thinking
+    assert c.trainer.run_dir == f"runs/paper/{backbone}/{method}"
+    a = c.algorithm
+    assert a.method == method
+    assert c.lr == pytest.approx(LR[method])
+    assert a.use_std is STD[method]
+    if method in ("rlrt", "rlrt_all"):
+        assert a.weight_clip == rlrt_eps
+        assert _lam(c, 0) == pytest.approx(0.5)
+        if rlrt_decay is None:
+            assert _lam(c, 10_000) == pytest.approx(0.5)
+        else:
+            assert _lam(c, rlrt_decay // 2) == pytest.approx(0.25)
+            assert _lam(c, rlrt_decay) == pytest.approx(0.0)
+    elif method == "rlsd":  # RLSD keeps its own ε_w 0.2 and decay over 50 steps everywhere
+        assert a.weight_clip == 0.2
+        assert _lam(c, 0) == pytest.approx(0.5)
+        assert _lam(c, 25) == pytest.approx(0.25)
+        assert _lam(c, 50) == pytest.approx(0.0)
+    else:  # no token reweighting: λ = 0 is plain GRPO-style advantages
+        assert _lam(c, 0) == 0.0
+    _check_table5(c)
+    _check_layout(c)
+
+
+def test_eps_w_sweep_is_an_override() -> None:
+    c = load_run_config(PAPER / "qwen3_4b_base" / "rlrt.yaml", ["algorithm.eps_w=0.2"])
+    assert c.algorithm.weight_clip == 0.2
+    assert c.algorithm.method == "rlrt"
