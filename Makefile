@@ -25,12 +25,10 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not gpu and not distributed and not vllm and not slow" tests
 
-# The CPU quickstart needs the RL trainer, which has not landed yet: say so instead of failing
-# somewhere obscure. (It will run configs/quickstart_cpu.yaml through `rlrt train`.)
+# The CPU quickstart (configs/quickstart_cpu.yaml): tiny Qwen3, SFT warm-up, RLRT on the real
+# stack; writes runs/quickstart/summary.json.
 quickstart: setup
-	@echo "make quickstart: the RL trainer and configs/quickstart_cpu.yaml have not landed yet;" >&2
-	@echo "see README.md (Status) for what runs today." >&2
-	@exit 1
+	$(PY) -m rlrt_megatron.cli quickstart
 
 lint: setup
 	$(PY) -m ruff check rlrt_megatron tests benchmarks
