@@ -75,10 +75,7 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
         metrics["dynamic_sampling/kept_groups"] = float(keep.sum())
         if not keep.any():
             return {**metrics, "update/skipped": 1.0, **timer.metrics()}
-        idx = keep.nonzero().flatten().tolist()
-        rollouts = StepRollouts(
-            *([getattr(rollouts, f)[i] for i in idx] for f in ("records", "prompt_ids", "samples"))
-        )
+        rollouts = rollouts.select(keep.nonzero().flatten().tolist())
         rewards, flat = rewards[keep], rollouts.flat_samples()
 
     correct = rewards >= 1.0

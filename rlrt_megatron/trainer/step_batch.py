@@ -39,6 +39,14 @@ class StepRollouts:
     def group_size(self) -> int:
         return len(self.samples[0]) if self.samples else 0
 
+    def select(self, groups: Sequence[int]) -> StepRollouts:
+        """The rollouts of the given groups only (e.g. after dynamic sampling), in that order."""
+        return StepRollouts(
+            records=[self.records[g] for g in groups],
+            prompt_ids=[self.prompt_ids[g] for g in groups],
+            samples=[self.samples[g] for g in groups],
+        )
+
     def flat_samples(self) -> list[Sample]:
         return [s for group in self.samples for s in group]
 

@@ -101,3 +101,16 @@ def test_two_steps_of_every_method(setup, method):
     assert updated >= 1, "no step of this method updated the policy"
     # parity_grade makes about half the samples correct: every teacher method got a teacher.
     assert teacher_steps >= 1 or not config.algorithm.spec.needs_teacher
+
+
+def test_dynamic_sampling_drops_uninformative_groups(setup):
+    base, run, prompts = setup
+    trainer = dataclasses.replace(base.trainer, dynamic_sampling=True)
+    config = dataclasses.replace(base, trainer=trainer, algorithm=AlgorithmConfig(method="grpo"))
+    batches = prompt_batches(prompts, G, seed=1)
+    m = rl_step(config, 0, run, next(batches), torch.Generator().manual_seed(0))
+    assert 0 <= m["dynamic_sampling/kept_groups"] <= G
+    if m["dynamic_sampling/kept_groups"] == 0:
+        assert m["update/skipped"] == 1.0
+    else:
+        assert math.isfinite(m["update/loss"])

@@ -50,7 +50,11 @@ def test_advantages_and_diver_shaping():
     diver = shaped_advantages(AlgorithmConfig(method="diver"), ROLLOUTS, REWARDS)
     # Group 1: both correct; equation diversity 0 (no formula) vs 1 → shaped 1.0 vs 1.68.
     assert diver[1, 1] > 0 > diver[1, 0]
-    assert keep_informative_groups(REWARDS).tolist() == [True, False]
+    keep = keep_informative_groups(REWARDS)
+    assert keep.tolist() == [True, False]
+    kept = ROLLOUTS.select(keep.nonzero().flatten().tolist())
+    assert kept.num_groups == 1 and kept.prompt_ids == [[1, 2]]
+    assert [s.text for s in kept.flat_samples()] == ["$a$ \\boxed{2}", "\\boxed{3}"]
 
 
 def test_teacher_plan_and_token_advantages_for_rlrt():
