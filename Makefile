@@ -28,7 +28,7 @@ test-fast: setup
 # The CPU quickstart (configs/quickstart_cpu.yaml): tiny Qwen3, SFT warm-up, RLRT on the real
 # stack; writes runs/quickstart/summary.json.
 quickstart: setup
-	$(PY) -m rlrt_megatron.cli quickstart
+	$(VENV)/bin/rlrt quickstart
 
 lint: setup
 	$(PY) -m ruff check rlrt_megatron tests benchmarks

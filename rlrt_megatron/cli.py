@@ -377,4 +377,6 @@ register_command(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module, not this __main__ copy: command modules register on
+    # `rlrt_megatron.cli`, which `python -m rlrt_megatron.cli` would otherwise load a second time.
+    sys.exit(_module_function("main")())

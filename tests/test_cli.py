@@ -23,6 +23,21 @@ def test_help_lists_the_commands(capsys):
     assert main([]) == 2  # no command: help, usage error code
 
 
+@pytest.mark.parametrize("entry", ["script", "module"])
+def test_every_command_module_registers_from_both_entry_points(entry):
+    """`rlrt --help` and `python -m rlrt_megatron.cli --help` (what the Makefile may call) list
+    the same commands, those of the command modules included."""
+    script = Path(sys.executable).with_name("rlrt")
+    command = [str(script)] if entry == "script" else [sys.executable, "-m", "rlrt_megatron.cli"]
+    if entry == "script" and not script.exists():
+        pytest.skip(f"{script} is not installed (pip install -e . puts it there)")
+    out = subprocess.run(
+        [*command, "--help"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    for name in ("check-env", "export", "score", "train", "quickstart"):
+        assert name in out, (entry, name, out)
+
+
 def test_registered_commands_have_their_options():
     parser = build_parser()
     args = parser.parse_args(["export", "src", "dst", "--tp", "2", "--max-shard-size", "1.5GB"])

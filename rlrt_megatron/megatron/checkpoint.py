@@ -57,6 +57,7 @@ LATEST_FILE = "latest"
 EXTRA_FILE = "extra.pt"
 RANK_EXTRA_DIR = "rank_extra"
 INCOMPLETE_PREFIX = ".incomplete-"
+HF_SUBDIR = "hf"  # a checkpoint's HF export of the policy weights (trainer.save_hf)
 # The distributed optimizer's reshardable format: TP, PP and DP may all change between save and
 # load. (`dp_reshardable` is faster but only allows a DP change; `fully_sharded_model_space`
 # fails in megatron-core 0.16.1: "ShardedTensor.flattened_range is not supported".)
@@ -151,6 +152,38 @@ def resolve_resume(run_dir: str | Path, resume: str | Path | None) -> Path | Non
             f"step_N directory containing {META_FILE}); use resume='auto' to pick the latest"
         )
     return path
+
+
+def resolve_hf_model(path: str | Path) -> Path:
+    """The HF model folder that ``path`` designates, for commands that load weights for
+    inference (`rlrt eval`, `rlrt analyze`).
+
+    Accepts an HF folder (it holds ``config.json``), a training checkpoint ``step_N`` (→ its
+    ``hf/`` export, written when ``trainer.save_hf`` is on), a run's ``checkpoints/`` folder or
+    a run folder (→ the ``hf/`` export of its latest complete checkpoint).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointLoadError(f"{path}: no such file or directory")
+    if (path / "config.json").is_file():
+        return path
+    if is_complete_checkpoint(path):
+        checkpoint = path
+    else:
+        checkpoints = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        checkpoint = find_latest(checkpoints)
+        if checkpoint is None:
+            raise CheckpointLoadError(
+                f"{path}: neither a HF model folder (no config.json) nor a run or checkpoint "
+                f"folder (no complete step_N checkpoint found)"
+            )
+    hf = checkpoint / HF_SUBDIR
+    if not (hf / "config.json").is_file():
+        raise CheckpointLoadError(
+            f"{checkpoint}: the checkpoint has no HF export ({HF_SUBDIR}/config.json); it was "
+            f"written with trainer.save_hf=false; export it with the actor first"
+        )
+    return hf
 
 
 def _step_of(path: Path) -> int:

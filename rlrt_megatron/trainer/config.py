@@ -113,6 +113,11 @@ class TrainerSection:
     resume: str = "auto"
     """auto: continue from the run folder's latest checkpoint if any; never; or a path."""
     save_every: int = 10
+    keep_last: int | None = None
+    """Keep only this many checkpoints (oldest deleted after each save); None keeps all."""
+    save_hf: bool = True
+    """Also write each checkpoint's policy weights as a HF folder ``step_N/hf`` (what `rlrt eval`,
+    `rlrt analyze` and vLLM load); costs one weight export per save."""
     seed: int = 0
     dynamic_sampling: bool = False
     """Drop groups whose rewards are all equal (no signal); off in the paper."""

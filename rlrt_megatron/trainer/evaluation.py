@@ -24,6 +24,14 @@ def evaluate(
     ``engines``: anything with ``generate(prompt_ids, sampling) -> [[Sample] * n] * P`` (the
     engine pool); ``rewards``: a reward pool with ``grade(responses, ground_truths)``.
     """
+    return evaluate_per_prompt(engines, rewards, prompts, sampling)[0]
+
+
+def evaluate_per_prompt(
+    engines: Any, rewards: Any, prompts: Sequence[TemplatedPrompt], sampling: SamplingConfig
+) -> tuple[dict[str, float], np.ndarray]:
+    """Like :func:`evaluate`, plus each prompt's accuracy over its n samples, shape [P] (what a
+    paired before/after comparison needs: :func:`paired_difference`)."""
     if not prompts:
         raise ValueError("evaluation needs at least one prompt")
     samples = engines.generate([p.ids for p in prompts], sampling)
@@ -34,10 +42,33 @@ def evaluate(
     correct = np.asarray(graded.scores, dtype=float).reshape(len(prompts), n) >= 1.0
     row = results_row(correct, ks=[1, n], percent=False)
     lengths = [len(s.token_ids) for group in samples for s in group]
-    return {
+    metrics = {
         "accuracy": row["avg@n"],
         f"pass@{n}": row["pass@n"],
         "response_length": float(np.mean(lengths)),
         "num_prompts": float(len(prompts)),
         "samples_per_prompt": float(n),
     }
+    return metrics, correct.mean(axis=1)
+
+
+def paired_difference(before: Sequence[float], after: Sequence[float]) -> dict[str, float]:
+    """Accuracy change on the same prompts: mean of ``after - before`` per prompt, its standard
+    error ``std(d, ddof=1) / sqrt(P)`` and ``z = delta / se``.
+
+    Pairing removes the between-prompt variance (easy vs hard problems) that an unpaired
+    comparison of two accuracies would count as noise; what remains is the sampling noise of the
+    n samples per prompt plus the real per-prompt change. ``z`` is inf when every prompt moved
+    by the same amount (se = 0) and delta ≠ 0, and 0 when nothing moved.
+    """
+    b, a = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if b.shape != a.shape or b.ndim != 1 or len(b) < 2:
+        raise ValueError(
+            f"paired_difference needs two equal-length lists of >= 2 prompts, got "
+            f"{b.shape} and {a.shape}"
+        )
+    d = a - b
+    delta = float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(len(d)))
+    z = delta / se if se > 0 else (0.0 if delta == 0 else float("inf") * np.sign(delta))
+    return {"delta": delta, "se": se, "z": float(z)}

@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,16 +20,22 @@ import torch
 from rlrt_megatron.cluster.agreement import logprob_agreement
 from rlrt_megatron.configuration import save_config
 from rlrt_megatron.data.templating import encode_chat
-from rlrt_megatron.megatron.checkpoint import resolve_resume
+from rlrt_megatron.megatron.checkpoint import HF_SUBDIR, resolve_resume
 from rlrt_megatron.megatron.train_step import TrainBatch, UpdateConfig
 from rlrt_megatron.rewards.pool import RewardPool
 from rlrt_megatron.rollout.sampling import SamplingConfig
 from rlrt_megatron.trainer.config import RunConfig
-from rlrt_megatron.trainer.evaluation import evaluate
+from rlrt_megatron.trainer.evaluation import evaluate, evaluate_per_prompt, paired_difference
 from rlrt_megatron.trainer.metrics import MetricsLogger, StepTimer
 from rlrt_megatron.trainer.preemption import PreemptionHandler
 from rlrt_megatron.trainer.prompts import load_prompts, load_tokenizer, prompt_batches
-from rlrt_megatron.trainer.stack import build_placement, checkpoint_dir, load_on_rank, save_on_rank
+from rlrt_megatron.trainer.stack import (
+    build_placement,
+    checkpoint_dir,
+    export_hf_on_rank,
+    load_on_rank,
+    save_on_rank,
+)
 from rlrt_megatron.trainer.step_batch import (
     StepRollouts,
     compute_token_advantages,
@@ -241,8 +248,17 @@ def train(config: RunConfig) -> dict[str, Any]:
             seed=config.trainer.seed,
         )
         summary: dict[str, Any] = {"method": config.algorithm.method, "data": data_counts}
+        before_file = run_dir / "eval_before.json"  # kept so that a resumed run can pair
         if eval_prompts and state.step == 0:
-            summary["eval_before"] = evaluate(run.engines, rewards, eval_prompts, eval_sampling)
+            metrics, per_prompt = evaluate_per_prompt(
+                run.engines, rewards, eval_prompts, eval_sampling
+            )
+            before_file.write_text(
+                json.dumps({"metrics": metrics, "per_prompt": per_prompt.tolist()})
+            )
+        if eval_prompts and before_file.exists():
+            before = json.loads(before_file.read_text())
+            summary["eval_before"] = before["metrics"]
         first_reward = None
         last: dict[str, float] = {}
         with (
@@ -270,15 +286,26 @@ def train(config: RunConfig) -> dict[str, Any]:
                 done = step + 1 == config.trainer.steps
                 if done or stop.should_stop or (step + 1) % config.trainer.save_every == 0:
                     extra = {"data": batches.state_dict(), "rng": _rng_state(generator)}
-                    run.policy.run_all(
-                        save_on_rank, str(checkpoint_dir(config)), step + 1, extra, None
-                    )
+                    saved = run.policy.run_all(
+                        save_on_rank,
+                        str(checkpoint_dir(config)),
+                        step + 1,
+                        extra,
+                        config.trainer.keep_last,
+                    )[0]
+                    if config.trainer.save_hf:
+                        run.policy.run_all(export_hf_on_rank, str(Path(saved) / HF_SUBDIR))
                 if stop.should_stop:
                     logger.warning("stopping after step %d on %s", step + 1, stop.received)
                     summary["preempted"] = True
                     break
         if eval_prompts:
-            summary["eval_after"] = evaluate(run.engines, rewards, eval_prompts, eval_sampling)
+            summary["eval_after"], after = evaluate_per_prompt(
+                run.engines, rewards, eval_prompts, eval_sampling
+            )
+            if "eval_before" in summary and len(before["per_prompt"]) == len(after) > 1:
+                paired = paired_difference(before["per_prompt"], after)
+                summary.update({f"eval_accuracy_{k}": v for k, v in paired.items()})
     summary.update(
         steps=config.trainer.steps,
         train_reward_first=first_reward,

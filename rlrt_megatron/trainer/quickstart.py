@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,10 @@ class TinyModelSection:
 @dataclass(frozen=True, kw_only=True)
 class TaskSection:
     num_train: int = 2000
+    """Problems whose worked solutions the SFT warm-up trains on."""
+    num_rl: int = 0
+    """Further problems, disjoint from the SFT ones, that RL trains on (0: RL on the SFT
+    problems). Fresh problems keep RL from being scored on answers SFT already memorised."""
     num_test: int = 200
     levels: list[int] = field(default_factory=lambda: [1])
     seed: int = 0
@@ -55,8 +60,8 @@ class QuickstartConfig:
 
 
 def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
-    """Steps 1–3: returns (warmed-up model folder, train file, held-out file). Reuses finished
-    artefacts of an earlier call with the same folder (each is written atomically)."""
+    """Steps 1–3: returns (warmed-up model folder, RL train file, held-out file). Reuses
+    finished artefacts of an earlier call with the same folder (each is written atomically)."""
     from rlrt_megatron.data.readers import read_jsonl
     from rlrt_megatron.data.synthetic import write_arithmetic_splits
     from rlrt_megatron.models.tiny import build_tiny_qwen3
@@ -77,18 +82,33 @@ def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
             seed=m.seed,
         )
     data = work_dir / "data"
-    train_file, test_file = data / "train.jsonl", data / "test.jsonl"
-    if not (train_file.exists() and test_file.exists()):
-        t = quick.task
+    t = quick.task
+    sft_file, rl_file, test_file = data / "sft.jsonl", data / "rl.jsonl", data / "test.jsonl"
+    if not all(f.exists() for f in (sft_file, rl_file, test_file)):
+        # One draw of num_train + num_rl problems (distinct from each other and from the test
+        # split), cut into the SFT part and the RL part; the RL file is written last.
         train_file, test_file = write_arithmetic_splits(
-            data, num_train=t.num_train, num_test=t.num_test, seed=t.seed, levels=tuple(t.levels)
+            data,
+            num_train=t.num_train + t.num_rl,
+            num_test=t.num_test,
+            seed=t.seed,
+            levels=tuple(t.levels),
         )
+        lines = train_file.read_text().splitlines(keepends=True)
+        _write_atomically(sft_file, "".join(lines[: t.num_train]))
+        _write_atomically(rl_file, "".join(lines[t.num_train :] if t.num_rl else lines))
     warm = work_dir / "warm_model"
     if not (warm / "model.safetensors").exists():
-        records, _ = read_jsonl(train_file)
+        records, _ = read_jsonl(sft_file)
         pairs = [(r.question, r.solution) for r in records if r.solution]
         sft_warmup(base, warm, pairs, quick.warmup)
-    return warm, train_file, test_file
+    return warm, rl_file, test_file
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(text)
+    os.replace(staging, path)
 
 
 def run_quickstart(config_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:

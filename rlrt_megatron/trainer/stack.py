@@ -95,6 +95,13 @@ def save_on_rank(actor: Any, run_dir: str, step: int, extra: dict, keep_last: in
     return str(path)
 
 
+def export_hf_on_rank(actor: Any, out_dir: str) -> str:
+    """Collective HF export of the policy's current weights (rank 0 writes ``out_dir``)."""
+    from rlrt_megatron.megatron.checkpoint import export_hf_folder
+
+    return str(export_hf_folder(actor.model, out_dir))
+
+
 def load_on_rank(actor: Any, path: str) -> dict:
     """Collective checkpoint load into one rank; returns the trainer's ``extra`` state."""
     from rlrt_megatron.megatron.checkpoint import load_checkpoint

@@ -1,10 +1,11 @@
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from rlrt_megatron.data.records import PromptRecord
 from rlrt_megatron.rollout.sampling import Sample, SamplingConfig
-from rlrt_megatron.trainer.evaluation import evaluate
+from rlrt_megatron.trainer.evaluation import evaluate, evaluate_per_prompt, paired_difference
 from rlrt_megatron.trainer.prompts import TemplatedPrompt
 
 
@@ -54,3 +55,27 @@ def test_accuracy_and_pass_at_n():
     assert result["response_length"] == pytest.approx(1.5)
     with pytest.raises(ValueError, match="at least one prompt"):
         evaluate(engines, ExactRewards(), [], SamplingConfig())
+
+
+def test_per_prompt_accuracy():
+    prompts = [
+        TemplatedPrompt(PromptRecord(prompt=[{"role": "user", "content": q}], ground_truth=a), [1])
+        for q, a in (("1+1", "2"), ("2+2", "4"))
+    ]
+    engines = ScriptedEngines([["\\boxed{2}", "\\boxed{2}"], ["\\boxed{4}", "\\boxed{6}"]])
+    metrics, per_prompt = evaluate_per_prompt(engines, ExactRewards(), prompts, SamplingConfig(n=2))
+    np.testing.assert_allclose(per_prompt, [1.0, 0.5])
+    assert metrics["accuracy"] == pytest.approx(0.75)
+
+
+def test_paired_difference_by_hand():
+    # d = [0.5, 0.0, 0.25, -0.25]: mean 0.125, squared deviations sum 0.3125, sample variance
+    # 0.3125 / 3, se = sqrt(0.3125 / 3) / 2.
+    result = paired_difference([0.0, 0.5, 0.25, 0.5], [0.5, 0.5, 0.5, 0.25])
+    assert result["delta"] == pytest.approx(0.125)
+    assert result["se"] == pytest.approx(np.sqrt(0.3125 / 3) / 2)
+    assert result["z"] == pytest.approx(0.125 / (np.sqrt(0.3125 / 3) / 2))
+    assert paired_difference([0.1, 0.2], [0.1, 0.2]) == {"delta": 0.0, "se": 0.0, "z": 0.0}
+    assert paired_difference([0.0, 0.25], [0.5, 0.75])["z"] == float("inf")
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_difference([0.1, 0.2], [0.1])

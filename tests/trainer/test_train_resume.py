@@ -12,8 +12,9 @@ import time
 import pytest
 from _trainer_test_graders import parity_grade
 
+from rlrt_megatron.cli import compare_hf_weights
 from rlrt_megatron.data.synthetic import write_arithmetic_splits
-from rlrt_megatron.megatron.checkpoint import find_latest, step_dir_name
+from rlrt_megatron.megatron.checkpoint import find_latest, resolve_hf_model, step_dir_name
 from rlrt_megatron.rewards.registry import register_reward
 from rlrt_megatron.trainer.config import load_run_config
 from rlrt_megatron.trainer.loop import train
@@ -71,7 +72,7 @@ def _sigterm_after_first_step(run_dir) -> threading.Thread:
     return thread
 
 
-def test_preempted_run_resumes_to_the_same_metrics(overrides, tmp_path):
+def test_preempted_run_resumes_to_the_same_metrics(overrides, tmp_path, tiny_qwen3_dir):
     straight = tmp_path / "straight"
     summary = train(load_run_config(None, overrides + [f"trainer.run_dir={straight}"]))
     assert summary["steps"] == STEPS and 0 <= summary["eval_accuracy_after"] <= 1
@@ -87,6 +88,12 @@ def test_preempted_run_resumes_to_the_same_metrics(overrides, tmp_path):
     ):
         assert key in saved
     assert (straight / "config.yaml").exists() and list((straight / "tensorboard").iterdir())
+    # trainer.save_hf: the final checkpoint carries the trained weights as a HF folder.
+    hf = resolve_hf_model(straight)
+    assert hf == find_latest(straight / "checkpoints") / "hf"
+    assert (hf / "tokenizer.json").is_file()
+    moved = compare_hf_weights(tiny_qwen3_dir, hf)
+    assert not moved["missing"] and not moved["unexpected"] and moved["max_abs_diff"] > 0
 
     resumed = tmp_path / "resumed"
     config = load_run_config(None, overrides + [f"trainer.run_dir={resumed}"])
@@ -99,7 +106,12 @@ def test_preempted_run_resumes_to_the_same_metrics(overrides, tmp_path):
     stopped_at = len(read_metrics(resumed))
     assert 1 <= stopped_at < STEPS and checkpoint.name == step_dir_name(stopped_at)
 
-    train(config)  # resume=auto picks the checkpoint up
+    resumed_summary = train(config)  # resume=auto picks the checkpoint up
+    # The before-training evaluation of the first attempt is kept for the paired comparison.
+    assert resumed_summary["eval_accuracy_before"] == first["eval_accuracy_before"]
+    assert resumed_summary["eval_accuracy_delta"] == pytest.approx(
+        resumed_summary["eval_accuracy_after"] - resumed_summary["eval_accuracy_before"]
+    )
     a, b = read_metrics(straight), read_metrics(resumed)
     assert [r["step"] for r in b] == list(range(1, STEPS + 1))
     for key in COMPARED:
