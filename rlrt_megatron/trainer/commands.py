@@ -55,9 +55,21 @@ def _run_quickstart(args: argparse.Namespace) -> int:
         "train_reward_last",
         "eval_accuracy_before",
         "eval_accuracy_after",
+        "eval_accuracy_delta",
+        "eval_accuracy_se",
+        "eval_accuracy_z",
+        "train_reward_mean_first_10",
+        "train_reward_mean_last_10",
         "seconds",
     )
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2, default=str))
+    if "eval_accuracy_z" in summary:
+        print(
+            f"held-out accuracy {100 * summary['eval_accuracy_before']:.1f}% -> "
+            f"{100 * summary['eval_accuracy_after']:.1f}% "
+            f"({100 * summary['eval_accuracy_delta']:+.1f} points, paired standard error "
+            f"{100 * summary['eval_accuracy_se']:.1f}, z = {summary['eval_accuracy_z']:.1f})"
+        )
     return 0
 
 

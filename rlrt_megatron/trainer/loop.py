@@ -26,7 +26,7 @@ from rlrt_megatron.rewards.pool import RewardPool
 from rlrt_megatron.rollout.sampling import SamplingConfig
 from rlrt_megatron.trainer.config import RunConfig
 from rlrt_megatron.trainer.evaluation import evaluate, evaluate_per_prompt, paired_difference
-from rlrt_megatron.trainer.metrics import MetricsLogger, StepTimer
+from rlrt_megatron.trainer.metrics import MetricsLogger, StepTimer, read_metrics
 from rlrt_megatron.trainer.preemption import PreemptionHandler
 from rlrt_megatron.trainer.prompts import load_prompts, load_tokenizer, prompt_batches
 from rlrt_megatron.trainer.stack import (
@@ -45,6 +45,9 @@ from rlrt_megatron.trainer.step_batch import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+REWARD_WINDOW = 10  # steps averaged for summary.json's first/last train reward
 
 
 @dataclass
@@ -312,6 +315,13 @@ def train(config: RunConfig) -> dict[str, Any]:
         train_reward_last=last.get("reward/mean"),
         seconds=time.time() - started,
     )
+    # Single-step rewards are noisy (32 prompts); windows over the whole history (resumes
+    # included) show the trend.
+    rewards_seen = [r["reward/mean"] for r in read_metrics(run_dir) if "reward/mean" in r]
+    if rewards_seen:
+        window = min(REWARD_WINDOW, len(rewards_seen))
+        summary[f"train_reward_mean_first_{REWARD_WINDOW}"] = float(np.mean(rewards_seen[:window]))
+        summary[f"train_reward_mean_last_{REWARD_WINDOW}"] = float(np.mean(rewards_seen[-window:]))
     if "eval_before" in summary:
         summary["eval_accuracy_before"] = summary["eval_before"]["accuracy"]
     if "eval_after" in summary:

@@ -37,7 +37,12 @@ def test_quickstart_at_a_toy_budget(tmp_path):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["method"] == "rlrt" and summary["steps"] == 2
-    for key in ("train_reward_first", "train_reward_last"):
+    for key in (
+        "train_reward_first",
+        "train_reward_last",
+        "train_reward_mean_first_10",
+        "train_reward_mean_last_10",
+    ):
         assert 0.0 <= summary[key] <= 1.0
     for key in ("eval_accuracy_before", "eval_accuracy_after"):
         assert 0.0 <= summary[key] <= 1.0
