@@ -42,6 +42,7 @@ _COMMANDS: dict[str, Command] = {}
 _COMMAND_MODULES: tuple[str, ...] = (
     "rlrt_megatron.trainer.commands",
     "rlrt_megatron.megatron.score_command",
+    "rlrt_megatron.evaluation.commands",
 )
 
 
