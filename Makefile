@@ -4,7 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rlrt-installed
 
-.PHONY: setup test test-fast quickstart lint clean
+LAUNCH_VENV ?= .venv-launch
+LAUNCH_STAMP := $(LAUNCH_VENV)/.rlrt-installed
+
+.PHONY: setup setup-launch test test-fast quickstart lint clean
 
 setup: $(STAMP)
 
@@ -18,7 +21,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
 	touch $@
 
-test: setup
+# NeMo-Run (the `launch` extra) in its own venv: its pins (leptonai 0.27.3 → anyio<=4.9,
+# httpx==0.27.2) clash with vLLM's openai. The package goes in without dependencies: the launch
+# tooling only needs pyyaml from it (tests/launch run it as a subprocess).
+setup-launch: $(LAUNCH_STAMP)
+
+$(LAUNCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(LAUNCH_VENV)
+	$(LAUNCH_VENV)/bin/python -m pip install 'nemo-run==0.11.1' 'leptonai==0.27.3' pyyaml pytest
+	$(LAUNCH_VENV)/bin/python -m pip install --no-deps -e .
+	touch $@
+
+test: setup setup-launch
 	$(PY) -m pytest -m "not gpu" tests
 
 # Algorithm core and other pure-tensor tests only (seconds).
@@ -34,4 +48,4 @@ lint: setup
 	$(PY) -m ruff check rlrt_megatron tests benchmarks
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LAUNCH_VENV) *.egg-info .pytest_cache .hypothesis
