@@ -38,11 +38,13 @@ class Command:
 
 
 _COMMANDS: dict[str, Command] = {}
-# Modules that register further commands when imported (e.g. a future "rlrt_megatron.score").
+# Modules that register further commands when imported.
 _COMMAND_MODULES: tuple[str, ...] = (
     "rlrt_megatron.trainer.commands",
     "rlrt_megatron.megatron.score_command",
     "rlrt_megatron.evaluation.commands",
+    "rlrt_megatron.analysis.commands",
+    "rlrt_megatron.launch.plan_command",
 )
 
 

@@ -63,3 +63,107 @@ def tail_promotion(
     if base_prob.numel() == 0:
         raise ValueError("no positions to analyse")
     return [float((base_prob < t).float().mean()) for t in thresholds]
+
+
+def overlap_from_ids(ft_ids: torch.Tensor, base_ids: torch.Tensor, k: int) -> torch.Tensor:
+    """|top-k(π_ft) ∩ top-k(π_base)| / k per position from sorted top-K id lists (K ≥ k):
+    [..., K] int ids (largest first) → [...] in [0, 1]. Equals :func:`topk_overlap` on the full
+    distributions when the ids are their top-K."""
+    if ft_ids.shape != base_ids.shape:
+        raise ValueError(f"id shapes differ: {tuple(ft_ids.shape)} vs {tuple(base_ids.shape)}")
+    if not 1 <= k <= ft_ids.shape[-1]:
+        raise ValueError(f"k must be in [1, {ft_ids.shape[-1]}], got {k}")
+    ft, base = ft_ids[..., :k], base_ids[..., :k]
+    return (ft.unsqueeze(-1) == base.unsqueeze(-2)).any(dim=-1).sum(dim=-1).float() / k
+
+
+def summarize_shift(
+    js: torch.Tensor,
+    ft_topk_ids: torch.Tensor,
+    base_topk_ids: torch.Tensor,
+    base_log_prob_of_ft_top1: torch.Tensor,
+    *,
+    js_threshold: float = 0.1,
+    tail_thresholds: Sequence[float] = (1e-1, 1e-2, 1e-3, 1e-4),
+    ccdf_grid: Sequence[float] | None = None,
+) -> dict:
+    """Figure 7's numbers from per-position statistics of N positions.
+
+    Shapes: ``js`` [N]; ``ft_topk_ids`` / ``base_topk_ids`` [N, K]; ``base_log_prob_of_ft_top1``
+    [N] (log π_base of π_ft's top-1 token). Returns the JS CCDF on ``ccdf_grid``, and at the
+    positions with JS > ``js_threshold``: the mean top-k overlap for k = 1..K and the fraction
+    whose fine-tuned top-1 had base probability below each tail threshold.
+    """
+    n = js.numel()
+    if n == 0:
+        raise ValueError("no positions to analyse")
+    grid = list(ccdf_grid) if ccdf_grid is not None else [i * 0.025 for i in range(28)]
+    shifted = js > js_threshold
+    m = int(shifted.sum())
+    k_max = ft_topk_ids.shape[-1]
+    summary = {
+        "positions": n,
+        "js_mean": float(js.mean()),
+        "js_threshold": js_threshold,
+        "shifted_positions": m,
+        "shifted_fraction": m / n,
+        "ccdf": {"js": grid, "fraction_above": ccdf(js, grid)},
+        "topk_overlap": {"k": list(range(1, k_max + 1)), "mean_overlap": None},
+        "tail_promotion": {"thresholds": list(tail_thresholds), "fraction_below": None},
+    }
+    if m:
+        ft, base = ft_topk_ids[shifted], base_topk_ids[shifted]
+        summary["topk_overlap"]["mean_overlap"] = [
+            float(overlap_from_ids(ft, base, k).mean()) for k in range(1, k_max + 1)
+        ]
+        prob = base_log_prob_of_ft_top1[shifted].exp()
+        summary["tail_promotion"]["fraction_below"] = [
+            float((prob < t).float().mean()) for t in tail_thresholds
+        ]
+    return summary
+
+
+def shift_plot(summaries: dict[str, dict]):
+    """Figure 7 with one line per fine-tuned checkpoint: the JS CCDF, the top-k overlap at
+    shifted positions, and the tail-promotion fractions. Returns the matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name, s in summaries.items():
+        axes[0].plot(s["ccdf"]["js"], s["ccdf"]["fraction_above"], label=name)
+        if s["topk_overlap"]["mean_overlap"] is not None:
+            axes[1].plot(
+                s["topk_overlap"]["k"], s["topk_overlap"]["mean_overlap"], "o-", ms=3, label=name
+            )
+        if s["tail_promotion"]["fraction_below"] is not None:
+            axes[2].plot(
+                [str(t) for t in s["tail_promotion"]["thresholds"]],
+                s["tail_promotion"]["fraction_below"],
+                "s-",
+                label=name,
+            )
+    axes[0].set(
+        xlabel="JS(π_ft ‖ π_base) (nats)",
+        ylabel="fraction of positions above",
+        yscale="log",
+        title="CCDF of per-position JS",
+    )
+    axes[1].set(
+        xlabel="k",
+        ylabel="mean |top-k ∩ top-k| / k",
+        ylim=(0, 1.05),
+        title="top-k overlap where JS > threshold",
+    )
+    axes[2].set(
+        xlabel="base probability of the new top-1 below",
+        ylabel="fraction of positions",
+        ylim=(0, 1.05),
+        title="tail promotion where JS > threshold",
+    )
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,253 @@
+"""Input trajectories of the analyses and the launched scoring passes they need.
+
+Trajectories use ``rlrt score``'s jsonl formats (see :mod:`rlrt_megatron.megatron.score_command`):
+``{"prompt", "response", "context"}`` or the id forms, plus the fields some analyses need —
+``answer`` (the ground truth, graded with the math reward), ``correct`` (bool, instead of
+``answer`` where no grading is needed) and ``problem`` (groups rollouts of one problem; defaults to
+the prompt). Every line is checked before any worker starts; errors name ``file:line``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlrt_megatron.cli import CommandError
+from rlrt_megatron.megatron.score_command import (
+    ScoreInputError,
+    ScoreRequest,
+    load_score_requests,
+)
+from rlrt_megatron.teacher.templates import PEER_TEMPLATE
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One input line: its ids (``request``), the decoded JSON object and ``file:line``."""
+
+    request: ScoreRequest
+    record: dict[str, Any]
+    where: str
+
+    @property
+    def problem(self) -> str:
+        """The problem this rollout belongs to: ``problem`` if given, else the prompt."""
+        key = self.record.get("problem", self.record.get("prompt", self.request.prompt_ids))
+        return key if isinstance(key, str) else json.dumps(key)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A checked model folder: its path, tokenizer and sizes."""
+
+    path: Path
+    tokenizer: Any
+    vocab_size: int
+    max_positions: int
+
+
+def open_model(path: Path, tp: int = 1, pp: int = 1) -> ModelInfo:
+    """Resolve ``path`` (HF folder, checkpoint step or run dir when the project's resolver
+    knows it) and check that TP×PP can split it; CommandError naming the path otherwise."""
+    from transformers import AutoTokenizer
+
+    from rlrt_megatron.models.qwen3_checkpoint import CheckpointError, validate_qwen3_layout
+
+    if tp < 1 or pp < 1:
+        raise CommandError(f"--tp and --pp must be >= 1, got --tp {tp} --pp {pp}")
+    folder = Path(path).resolve()
+    try:
+        from rlrt_megatron.megatron.checkpoint import CheckpointLoadError, resolve_hf_model
+
+        folder = resolve_hf_model(folder)
+    except ImportError:  # an older checkout without the resolver: HF folders only
+        pass
+    except CheckpointLoadError as error:
+        raise CommandError(str(error)) from None
+    try:
+        checkpoint = validate_qwen3_layout(folder, tp, pp)
+    except CheckpointError as error:
+        raise CommandError(str(error)) from None
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return ModelInfo(folder, tokenizer, checkpoint.vocab_size, checkpoint.max_position_embeddings)
+
+
+def load_trajectories(
+    path: Path,
+    model: ModelInfo,
+    *,
+    need_teacher: bool,
+    need: tuple[str, ...] = (),
+    raw_prompt: bool = False,
+    teacher_template: str = PEER_TEMPLATE,
+    skip_without_teacher: bool = False,
+) -> list[Trajectory]:
+    """Read, tokenize and check every line of ``path``.
+
+    ``need_teacher``: every line must give a teacher context (``context`` or
+    ``teacher_prompt_ids``), or, with ``skip_without_teacher``, lines without one are left out
+    (e.g. rollouts of ``rlrt analyze rollouts`` whose group had no other correct rollout).
+    ``need``: keys every line must have (any one of ``a|b``). Raises CommandError naming
+    ``path:line``.
+    """
+    try:
+        requests = load_score_requests(
+            path,
+            model.tokenizer,
+            vocab_size=model.vocab_size,
+            max_positions=model.max_positions,
+            raw_prompt=raw_prompt,
+            teacher_template=teacher_template,
+        )
+    except ScoreInputError as error:
+        raise CommandError(str(error)) from None
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    out = []
+    skipped = 0
+    for request in requests:
+        where = f"{path}:{request.line}"
+        record = json.loads(lines[request.line - 1])
+        if need_teacher and request.teacher_prompt_ids is None and skip_without_teacher:
+            skipped += 1
+            continue
+        if need_teacher and request.teacher_prompt_ids is None:
+            raise CommandError(
+                f"{where}: no teacher context: give 'context' (e.g. a correct peer rollout) or "
+                "'teacher_prompt_ids'"
+            )
+        for key in need:
+            if not any(k in record and record[k] is not None for k in key.split("|")):
+                raise CommandError(f"{where}: missing key {key.replace('|', ' or ')!r}")
+        if "correct" in record and not isinstance(record["correct"], bool):
+            raise CommandError(f"{where}: 'correct' must be true or false")
+        if "answer" in record and not isinstance(record["answer"], str | int | float):
+            raise CommandError(f"{where}: 'answer' must be a string or a number")
+        out.append(Trajectory(request, record, where))
+    if skipped:
+        print(f"{path}: left out {skipped} rollouts without a teacher context")
+    if not out:
+        raise CommandError(f"{path}: no rollout with a teacher context")
+    return out
+
+
+def score_pairs(
+    model: ModelInfo,
+    trajectories: list[Trajectory],
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: str = "float32",
+    topk: int = 0,
+    max_tokens: int = 8192,
+    timeout_s: float = 3600.0,
+) -> list[dict[str, list]] | None:
+    """:func:`rlrt_megatron.analysis.views.pair_views` of every trajectory, in TP×PP launched
+    worker processes. Per trajectory a dict of per-position lists; ``None`` on a rank other than
+    0 under an external launcher (rank 0 writes the outputs)."""
+    from rlrt_megatron.analysis.views import pair_views_worker
+    from rlrt_megatron.megatron.launcher import LaunchTimeout, WorkerError, launch
+
+    check_budget(trajectories, max_tokens)
+    try:
+        results = launch(
+            pair_views_worker,
+            tp * pp,
+            str(model.path),
+            tp,
+            pp,
+            dtype,
+            [t.request.prompt_ids for t in trajectories],
+            [t.request.response_ids for t in trajectories],
+            [t.request.teacher_prompt_ids for t in trajectories],
+            topk,
+            max_tokens,
+            timeout_s=timeout_s,
+        )
+    except (WorkerError, LaunchTimeout) as error:
+        raise CommandError(str(error)) from None
+    merged = next((value for value in results.values() if value is not None), None)
+    if merged is None:
+        return None
+    return [{name: merged[name][i] for name in merged} for i in range(len(trajectories))]
+
+
+def check_budget(trajectories: list[Trajectory], max_tokens: int) -> None:
+    """Fail in the driver (naming the line) when a rollout cannot fit one micro-batch."""
+    if max_tokens < 1:
+        raise CommandError(f"--max-tokens must be >= 1, got {max_tokens}")
+    for t in trajectories:
+        r = t.request
+        longest = max(len(r.prompt_ids), len(r.teacher_prompt_ids or []))
+        need = (1 if r.teacher_prompt_ids is None else 2) * (longest + len(r.response_ids))
+        if need > max_tokens:
+            raise CommandError(
+                f"{t.where}: needs {need} tokens in one micro-batch, more than --max-tokens "
+                f"{max_tokens}"
+            )
+
+
+def write_atomically(path: Path, text: str | bytes) -> None:
+    """Write a temporary file next to ``path``, then rename it over ``path``."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    write_atomically(path, buffer.getvalue())
+
+
+def add_model_arguments(parser: Any, *, models: bool = False, model_flag: bool = True) -> None:
+    """--model (one, several with ``models``, none without ``model_flag``), --tp, --pp,
+    --dtype, --max-tokens, --raw-prompt, --teacher-template, --timeout."""
+    from pathlib import Path as _Path
+
+    if not model_flag:
+        pass
+    elif models:
+        parser.add_argument(
+            "--model", type=_Path, nargs="+", required=True, help="checkpoint folder(s)"
+        )
+    else:
+        parser.add_argument("--model", type=_Path, required=True, help="HF Qwen3 folder")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=8192, help="padded tokens per micro-batch (8192)"
+    )
+    parser.add_argument(
+        "--raw-prompt", action="store_true", help="prompt text as-is (no chat template)"
+    )
+    parser.add_argument(
+        "--teacher-template",
+        default=PEER_TEMPLATE,
+        help="teacher user message with {prompt} and {context} (default: the peer template)",
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0, help="worker timeout (s)")
+    parser.add_argument(
+        "--skip-without-context",
+        action="store_true",
+        help="leave out rollouts without a teacher context (default: an error naming the line)",
+    )
