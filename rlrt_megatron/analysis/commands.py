@@ -60,7 +60,7 @@ def run_heatmap(args: argparse.Namespace) -> int:
         load_trajectories,
         open_model,
         save_figure,
-        score_pairs,
+        score_pairs_for,
         write_atomically,
     )
 
@@ -76,16 +76,7 @@ def run_heatmap(args: argparse.Namespace) -> int:
         teacher_template=args.teacher_template,
     )
     k = min(args.candidates, model.vocab_size)
-    views = score_pairs(
-        model,
-        trajectories,
-        tp=args.tp,
-        pp=args.pp,
-        dtype=args.dtype,
-        topk=k,
-        max_tokens=args.max_tokens,
-        timeout_s=args.timeout,
-    )
+    views = score_pairs_for(args, model, trajectories, topk=k)
     if views is None:
         return 0
     decode = _decoder(model.tokenizer)
@@ -140,7 +131,7 @@ def run_markers(args: argparse.Namespace) -> int:
         load_trajectories,
         open_model,
         save_figure,
-        score_pairs,
+        score_pairs_for,
         write_atomically,
     )
     from rlrt_megatron.analysis.markers import (
@@ -173,15 +164,7 @@ def run_markers(args: argparse.Namespace) -> int:
                 "--all-rollouts to use every line)"
             )
         trajectories = [trajectories[i] for i in keep]
-    views = score_pairs(
-        model,
-        trajectories,
-        tp=args.tp,
-        pp=args.pp,
-        dtype=args.dtype,
-        max_tokens=args.max_tokens,
-        timeout_s=args.timeout,
-    )
+    views = score_pairs_for(args, model, trajectories)
     if views is None:
         return 0
     explore, exploit = build_corpora(

@@ -162,7 +162,7 @@ def _correct_and_answers(trajectories: Sequence[Any], tokenizer: Any) -> tuple[l
     return _correctness(list(trajectories), tokenizer), answers
 
 
-def _engine_len(trajectories: Sequence[Any], extra: int, limit: int) -> int:
+def engine_max_len(trajectories: Sequence[Any], extra: int, limit: int) -> int:
     longest = max(len(t.request.prompt_ids) + len(t.request.response_ids) for t in trajectories)
     return min(limit, longest + extra)
 
@@ -172,7 +172,7 @@ def run_inject(args: argparse.Namespace) -> int:
         load_trajectories,
         open_model,
         save_figure,
-        score_pairs,
+        score_pairs_for,
         write_atomically,
     )
 
@@ -192,19 +192,11 @@ def run_inject(args: argparse.Namespace) -> int:
             teacher_template=args.teacher_template,
         )
         correct, answers = _correct_and_answers(trajectories, model.tokenizer)
-        views = score_pairs(
-            model,
-            trajectories,
-            tp=args.tp,
-            pp=args.pp,
-            dtype=args.dtype,
-            max_tokens=args.max_tokens,
-            timeout_s=args.timeout,
-        )
+        views = score_pairs_for(args, model, trajectories)
         if views is None:
             return 0
         reflection_len = len(model.tokenizer.encode(" " + args.reflection))
-        length = _engine_len(
+        length = engine_max_len(
             trajectories, reflection_len + args.max_new_tokens, model.max_positions
         )
         with open_engine_pool(model.path, max_model_len=length, engines=args.engines) as pool:

@@ -165,7 +165,7 @@ def run_influence_command(args: argparse.Namespace) -> int:
     from rlrt_megatron.analysis.inputs import (
         load_trajectories,
         open_model,
-        score_pairs,
+        score_pairs_for,
         write_atomically,
     )
 
@@ -182,19 +182,10 @@ def run_influence_command(args: argparse.Namespace) -> int:
         teacher_template=args.teacher_template,
     )
     k = min(args.candidates, model.vocab_size)
-    views = score_pairs(
-        model,
-        trajectories,
-        tp=args.tp,
-        pp=args.pp,
-        dtype=args.dtype,
-        topk=k,
-        max_tokens=args.max_tokens,
-        timeout_s=args.timeout,
-    )
+    views = score_pairs_for(args, model, trajectories, topk=k)
     if views is None:
         return 0
-    length = _engines()._engine_len(trajectories, 1 + args.max_new_tokens, model.max_positions)
+    length = _engines().engine_max_len(trajectories, 1 + args.max_new_tokens, model.max_positions)
     with _engines().open_engine_pool(
         model.path, max_model_len=length, engines=args.engines
     ) as pool:

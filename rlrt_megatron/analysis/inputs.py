@@ -132,6 +132,23 @@ def load_trajectories(
     return out
 
 
+def score_pairs_for(
+    args: Any, model: ModelInfo, trajectories: list[Trajectory], *, topk: int = 0
+) -> list[dict[str, list]] | None:
+    """:func:`score_pairs` with the scoring options every ``rlrt analyze`` subcommand shares
+    (``--tp``, ``--pp``, ``--dtype``, ``--max-tokens``, ``--timeout``)."""
+    return score_pairs(
+        model,
+        trajectories,
+        tp=args.tp,
+        pp=args.pp,
+        dtype=args.dtype,
+        topk=topk,
+        max_tokens=args.max_tokens,
+        timeout_s=args.timeout,
+    )
+
+
 def score_pairs(
     model: ModelInfo,
     trajectories: list[Trajectory],
