@@ -130,6 +130,9 @@ def ray_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
+RAY_STARTUP_TIMEOUT = "The current node timed out during startup"
+
+
 def _port_bases(n: int) -> list[int]:
     """Distinct per-node port ranges between Ray's default worker ports (10002-19999) and the
     kernel's ephemeral ports (32768+), picked at random so that concurrent runs rarely meet."""
@@ -204,13 +207,21 @@ def test_preemption_signal_reaches_the_trainer(tmp_path, ray_tmp):
         RLRT_RAY_PORT=str(_free_port()), RLRT_RAY_ADDRESS_FILE=str(tmp_path / "head-address")
     )
     cmd = ["1", sys.executable, str(script), str(marker)]
-    head = _start_node(0, _port_bases(1)[0], ray_tmp, 1, cmd, **env)
-    try:
+    ready = marker.with_suffix(".ready")
+    for attempt in range(2):
+        head = _start_node(0, _port_bases(1)[0], ray_tmp, 1, cmd, **env)
         deadline = time.time() + 300
-        ready = marker.with_suffix(".ready")
         while not ready.exists() and time.time() < deadline and head.poll() is None:
             time.sleep(0.5)
-        assert ready.exists(), (ray_tmp / "node0.log").read_text()[-3000:]
+        log = (ray_tmp / "node0.log").read_text()
+        if ready.exists() or attempt == 1 or RAY_STARTUP_TIMEOUT not in log:
+            break
+        # Ray waits a fixed 30 s for its raylet to register; a loaded 2-core machine can miss
+        # that. Not what this test is about: start the head once more, in a fresh session.
+        _stop([head])
+        env["RLRT_RAY_PORT"] = str(_free_port())
+    try:
+        assert ready.exists(), log[-3000:]
         head.send_signal(signal.SIGUSR1)
         status = head.wait(timeout=120)
     finally:
