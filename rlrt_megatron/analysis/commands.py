@@ -57,7 +57,7 @@ def _decoder(tokenizer: Any):
 def run_heatmap(args: argparse.Namespace) -> int:
     from rlrt_megatron.analysis.heatmap import build_heatmap, render_html, render_png
     from rlrt_megatron.analysis.inputs import (
-        load_trajectories,
+        load_pairs_for,
         open_model,
         save_figure,
         score_pairs_for,
@@ -67,14 +67,7 @@ def run_heatmap(args: argparse.Namespace) -> int:
     if args.top < 0 or args.candidates < 4:
         raise CommandError("--top must be >= 0 and --candidates >= 4")
     model = open_model(args.model, args.tp, args.pp)
-    trajectories = load_trajectories(
-        args.data,
-        model,
-        need_teacher=True,
-        skip_without_teacher=args.skip_without_context,
-        raw_prompt=args.raw_prompt,
-        teacher_template=args.teacher_template,
-    )
+    trajectories = load_pairs_for(args, model)
     k = min(args.candidates, model.vocab_size)
     views = score_pairs_for(args, model, trajectories, topk=k)
     if views is None:
@@ -128,7 +121,7 @@ def add_heatmap_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_markers(args: argparse.Namespace) -> int:
     from rlrt_megatron.analysis.inputs import (
-        load_trajectories,
+        load_pairs_for,
         open_model,
         save_figure,
         score_pairs_for,
@@ -146,14 +139,8 @@ def run_markers(args: argparse.Namespace) -> int:
 
     categories = read_categories(args.categories)
     model = open_model(args.model, args.tp, args.pp)
-    trajectories = load_trajectories(
-        args.data,
-        model,
-        need_teacher=True,
-        skip_without_teacher=args.skip_without_context,
-        need=() if args.all_rollouts else ("correct|answer",),
-        raw_prompt=args.raw_prompt,
-        teacher_template=args.teacher_template,
+    trajectories = load_pairs_for(
+        args, model, need=() if args.all_rollouts else ("correct|answer",)
     )
     if not args.all_rollouts:
         correct = _correctness(trajectories, model.tokenizer)

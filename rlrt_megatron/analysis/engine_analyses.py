@@ -169,7 +169,7 @@ def engine_max_len(trajectories: Sequence[Any], extra: int, limit: int) -> int:
 
 def run_inject(args: argparse.Namespace) -> int:
     from rlrt_megatron.analysis.inputs import (
-        load_trajectories,
+        load_pairs_for,
         open_model,
         save_figure,
         score_pairs_for,
@@ -182,15 +182,7 @@ def run_inject(args: argparse.Namespace) -> int:
     lines = []
     for path in args.model:
         model = open_model(path, args.tp, args.pp)
-        trajectories = load_trajectories(
-            args.data,
-            model,
-            need_teacher=True,
-            skip_without_teacher=args.skip_without_context,
-            need=("answer",),
-            raw_prompt=args.raw_prompt,
-            teacher_template=args.teacher_template,
-        )
+        trajectories = load_pairs_for(args, model, need=("answer",))
         correct, answers = _correct_and_answers(trajectories, model.tokenizer)
         views = score_pairs_for(args, model, trajectories)
         if views is None:

@@ -163,7 +163,7 @@ def summarize_influence(records: Sequence[dict], *, continuations: int, candidat
 
 def run_influence_command(args: argparse.Namespace) -> int:
     from rlrt_megatron.analysis.inputs import (
-        load_trajectories,
+        load_pairs_for,
         open_model,
         score_pairs_for,
         write_atomically,
@@ -172,15 +172,7 @@ def run_influence_command(args: argparse.Namespace) -> int:
     if min(args.positions, args.candidates, args.continuations) < 1:
         raise CommandError("--positions, --candidates and --continuations must be >= 1")
     model = open_model(args.model, args.tp, args.pp)
-    trajectories = load_trajectories(
-        args.data,
-        model,
-        need_teacher=True,
-        skip_without_teacher=args.skip_without_context,
-        need=("answer",),
-        raw_prompt=args.raw_prompt,
-        teacher_template=args.teacher_template,
-    )
+    trajectories = load_pairs_for(args, model, need=("answer",))
     k = min(args.candidates, model.vocab_size)
     views = score_pairs_for(args, model, trajectories, topk=k)
     if views is None:

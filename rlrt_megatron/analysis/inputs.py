@@ -74,6 +74,21 @@ def open_model(path: Path, tp: int = 1, pp: int = 1) -> ModelInfo:
     return ModelInfo(folder, tokenizer, checkpoint.vocab_size, checkpoint.max_position_embeddings)
 
 
+def load_pairs_for(args: Any, model: ModelInfo, *, need: tuple[str, ...] = ()) -> list[Trajectory]:
+    """:func:`load_trajectories` of ``--data`` with a teacher view, under the options every
+    teacher-scoring subcommand shares (``--skip-without-context``, ``--raw-prompt``,
+    ``--teacher-template``)."""
+    return load_trajectories(
+        args.data,
+        model,
+        need_teacher=True,
+        skip_without_teacher=args.skip_without_context,
+        need=need,
+        raw_prompt=args.raw_prompt,
+        teacher_template=args.teacher_template,
+    )
+
+
 def load_trajectories(
     path: Path,
     model: ModelInfo,
