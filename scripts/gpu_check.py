@@ -16,6 +16,9 @@ RoPE and the embedding lookup are ignored, as in Megatron/PaLM accounting):
                                                                                LM head)
     forward+backward = 3 * forward
 
+MFU counts model FLOPs only (``--recompute full`` replays each layer's forward, work that MFU does
+not credit, so it shows as lower MFU; hardware FLOPs utilisation would count it).
+
 Peak: H100 SXM dense bf16 989 TFLOP/s (``--peak-tflops`` to change; FP8 dense peak is 2x, the
 FP8 MFU below is still reported against the bf16 peak so the two rows compare directly).
 
@@ -76,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=10, help="timed iterations")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
     parser.add_argument("--skip-fp8", action="store_true")
+    parser.add_argument(
+        "--recompute",
+        default="none",
+        help="comma-separated activation recomputation modes to measure in bf16, side by side"
+        " (none, selective, full; full recomputes one layer per block)",
+    )
     return parser.parse_args(argv)
 
 
@@ -194,11 +203,11 @@ def report(label: str, shape: Shape, batch: int, seq: int, timings: dict, peak: 
         achieved = tok_s * flops / 1e12
         mfu = f"{100 * achieved / peak:.1f}%" if peak else "n/a (no peak for this device)"
         lines.append(
-            f"  {label:<6} {name:<17} {tok_s:>12,.0f} tokens/s  {achieved:8.1f} TFLOP/s  MFU {mfu}"
+            f"  {label:<14} {name:<17} {tok_s:>12,.0f} tokens/s  {achieved:8.1f} TFLOP/s  MFU {mfu}"
         )
     print("\n".join(lines))
     extra = f", peak memory {timings['peak_mem_gib']:.1f} GiB" if "peak_mem_gib" in timings else ""
-    print(f"  {label:<6} loss {timings['loss']:.3f}{extra}")
+    print(f"  {label:<14} loss {timings['loss']:.3f}{extra}")
 
 
 def run_with_oom_retry(shape, batch, seq, overrides, use_te, args) -> tuple[int, dict]:
@@ -253,12 +262,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     _init_single_rank()
 
+    from rlrt_megatron.megatron.actor import recompute_overrides
+
     bf16 = PrecisionConfig(dtype="bf16" if cuda else "fp32")
-    label = "bf16" if cuda else "fp32"
-    used_batch, timings = run_with_oom_retry(
-        shape, batch, seq, bf16.transformer_config_overrides(), te_version is not None, args
-    )
-    report(label, shape, used_batch, seq, timings, peak)
+    base_label = "bf16" if cuda else "fp32"
+    used_batch = batch
+    for mode in [m.strip() for m in args.recompute.split(",") if m.strip()]:
+        # Same batch for every mode so the rows compare; peak memory shows what recompute saves.
+        overrides = {**bf16.transformer_config_overrides(), **recompute_overrides(mode)}
+        label = base_label if mode == "none" else f"{base_label}+{mode}"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        used_batch, timings = run_with_oom_retry(
+            shape, used_batch, seq, overrides, te_version is not None, args
+        )
+        report(label, shape, used_batch, seq, timings, peak)
 
     if args.skip_fp8:
         print("  fp8    skipped (--skip-fp8)")

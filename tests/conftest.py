@@ -10,7 +10,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(
-        reason="needs CUDA: Transformer Engine / FP8 / context parallel / NCCL cannot run on CPU"
+        reason="needs a CUDA GPU (run through scripts/gpu_check.sh): Transformer Engine, FP8,"
+        " NCCL, CUDA IPC and the actor on CUDA cannot run on CPU"
     )
     for item in items:
         if "gpu" in item.keywords:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -35,6 +36,9 @@ from rlrt_megatron.models.qwen3_megatron import build_qwen3_model, export_hf_wei
 
 # refresh(rows, teacher scores of those rows with the current weights) -> replacement row
 # tensors of the mini-batch (e.g. {"token_advantages": ...}); see TrainBatch / ROW_TENSORS.
+RecomputeMode = Literal["none", "selective", "full"]
+RECOMPUTE_MODES: tuple[str, ...] = ("none", "selective", "full")
+
 TeacherRefresh = Callable[[list[int], ScoreResult], dict[str, torch.Tensor]]
 
 
@@ -51,6 +55,13 @@ class ActorConfig:
     ema_rate: the EMA's rate (teacher_weights="ema").
     offload_teacher: keep the initial/EMA teacher copy in CPU memory.
     temperature: sampling temperature of the rollouts (logits are divided by it).
+    recompute: activation recomputation in the update's backward pass: "none" keeps every
+        layer's activations; "selective" recomputes only core attention (the softmax
+        activations, the largest per-token term at long sequences); "full" keeps only each
+        block's input and recomputes the block (Megatron's "full"/"uniform" recomputation),
+        which is what paper-scale micro-batches need (`rlrt plan` assumes it). Same numbers,
+        more compute: the forward runs twice for recomputed layers.
+    recompute_num_layers: with "full", how many consecutive layers form one recomputed block.
     """
 
     hf_path: str | Path
@@ -63,6 +74,29 @@ class ActorConfig:
     ema_rate: float = 0.01
     offload_teacher: bool = True
     temperature: float = 1.0
+    recompute: RecomputeMode = "none"
+    recompute_num_layers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.recompute not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, not {self.recompute!r}")
+        if self.recompute_num_layers < 1:
+            raise ValueError(f"recompute_num_layers must be >= 1, not {self.recompute_num_layers}")
+
+
+def recompute_overrides(mode: RecomputeMode, num_layers: int = 1) -> dict[str, object]:
+    """The ``TransformerConfig`` fields of an activation-recomputation mode (see `ActorConfig`)."""
+    if mode == "none":
+        return {}
+    if mode == "selective":
+        return {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}
+    if mode == "full":
+        return {
+            "recompute_granularity": "full",
+            "recompute_method": "uniform",
+            "recompute_num_layers": num_layers,
+        }
+    raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, not {mode!r}")
 
 
 class PolicyActor:
@@ -85,6 +119,7 @@ class PolicyActor:
             config.hf_path,
             dtype=config.dtype,
             sequence_parallel=config.sequence_parallel,
+            config_overrides=recompute_overrides(config.recompute, config.recompute_num_layers),
             wrap_with_ddp=True,
             ddp_config=DistributedDataParallelConfig(
                 grad_reduce_in_fp32=True,

@@ -227,6 +227,10 @@ def _pad(rows, width, *extra):
 
 @pytest.fixture(scope="module")
 def data(tiny_qwen3_dir):
+    return reference_data(tiny_qwen3_dir)
+
+
+def reference_data(tiny_qwen3_dir) -> dict:
     """Rollouts and the per-method update inputs (old log-probs from the HF model at θ0)."""
     from rlrt_megatron.algorithms.registry import distillation_rows, policy_gradient_rows
     from rlrt_megatron.algorithms.reweighting import token_advantages
