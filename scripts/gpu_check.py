@@ -85,6 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated activation recomputation modes to measure in bf16, side by side"
         " (none, selective, full; full recomputes one layer per block)",
     )
+    parser.add_argument(
+        "--attention",
+        default="local",
+        help="comma-separated core attentions to measure without Transformer Engine: local"
+        " (megatron's unfused DotProductAttention), sdpa (PyTorch fused kernels); each is"
+        " combined with every --recompute mode",
+    )
     return parser.parse_args(argv)
 
 
@@ -103,7 +110,7 @@ def _init_single_rank() -> None:
     initialize_parallel(ParallelConfig(seed=1234))
 
 
-def build_model(shape: Shape, seq: int, overrides: dict, use_te: bool):
+def build_model(shape: Shape, seq: int, overrides: dict, use_te: bool, attention: str = "local"):
     from megatron.core import tensor_parallel
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import (
@@ -134,6 +141,10 @@ def build_model(shape: Shape, seq: int, overrides: dict, use_te: bool):
         if use_te
         else get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
     )
+    if not use_te and attention == "sdpa":
+        from rlrt_megatron.models.sdpa_attention import with_sdpa_core_attention
+
+        spec = with_sdpa_core_attention(spec)
     tensor_parallel.model_parallel_cuda_manual_seed(1234)
     model = GPTModel(
         config=config,
@@ -203,17 +214,19 @@ def report(label: str, shape: Shape, batch: int, seq: int, timings: dict, peak: 
         achieved = tok_s * flops / 1e12
         mfu = f"{100 * achieved / peak:.1f}%" if peak else "n/a (no peak for this device)"
         lines.append(
-            f"  {label:<14} {name:<17} {tok_s:>12,.0f} tokens/s  {achieved:8.1f} TFLOP/s  MFU {mfu}"
+            f"  {label:<20} {name:<17} {tok_s:>12,.0f} tokens/s  {achieved:8.1f} TFLOP/s  MFU {mfu}"
         )
     print("\n".join(lines))
     extra = f", peak memory {timings['peak_mem_gib']:.1f} GiB" if "peak_mem_gib" in timings else ""
-    print(f"  {label:<14} loss {timings['loss']:.3f}{extra}")
+    print(f"  {label:<20} loss {timings['loss']:.3f}{extra}")
 
 
-def run_with_oom_retry(shape, batch, seq, overrides, use_te, args) -> tuple[int, dict]:
+def run_with_oom_retry(
+    shape, batch, seq, overrides, use_te, args, attention="local"
+) -> tuple[int, dict]:
     """Measure; on CUDA OOM halve the batch (twice at most) instead of failing the check."""
     for _ in range(3):
-        model = build_model(shape, seq, overrides, use_te)
+        model = build_model(shape, seq, overrides, use_te, attention)
         try:
             return batch, measure(model, shape, batch, seq, args.warmup, args.iters)
         except torch.cuda.OutOfMemoryError:
@@ -267,16 +280,19 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = PrecisionConfig(dtype="bf16" if cuda else "fp32")
     base_label = "bf16" if cuda else "fp32"
     used_batch = batch
-    for mode in [m.strip() for m in args.recompute.split(",") if m.strip()]:
-        # Same batch for every mode so the rows compare; peak memory shows what recompute saves.
-        overrides = {**bf16.transformer_config_overrides(), **recompute_overrides(mode)}
-        label = base_label if mode == "none" else f"{base_label}+{mode}"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        used_batch, timings = run_with_oom_retry(
-            shape, used_batch, seq, overrides, te_version is not None, args
-        )
-        report(label, shape, used_batch, seq, timings, peak)
+    attentions = ["te"] if te_version else [a.strip() for a in args.attention.split(",")]
+    for attention in attentions:
+        for mode in [m.strip() for m in args.recompute.split(",") if m.strip()]:
+            # Same batch for every row so the rows compare (an OOM halves it for the rest);
+            # peak memory shows what SDPA and recomputation save.
+            overrides = {**bf16.transformer_config_overrides(), **recompute_overrides(mode)}
+            label = f"{base_label}/{attention}" + ("" if mode == "none" else f"+{mode}")
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            used_batch, timings = run_with_oom_retry(
+                shape, used_batch, seq, overrides, te_version is not None, args, attention
+            )
+            report(label, shape, used_batch, seq, timings, peak)
 
     if args.skip_fp8:
         print("  fp8    skipped (--skip-fp8)")

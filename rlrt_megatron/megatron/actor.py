@@ -32,6 +32,7 @@ from rlrt_megatron.megatron.parallel import (
 from rlrt_megatron.megatron.scoring import ScoreResult, score_rollouts
 from rlrt_megatron.megatron.teacher_weights import TeacherWeights, TeacherWeightsMode
 from rlrt_megatron.megatron.train_step import TrainBatch, UpdateConfig, train_step
+from rlrt_megatron.models.qwen3_bridge import ATTENTION_BACKENDS
 from rlrt_megatron.models.qwen3_megatron import build_qwen3_model, export_hf_weights
 
 # refresh(rows, teacher scores of those rows with the current weights) -> replacement row
@@ -62,6 +63,9 @@ class ActorConfig:
         which is what paper-scale micro-batches need (`rlrt plan` assumes it). Same numbers,
         more compute: the forward runs twice for recomputed layers.
     recompute_num_layers: with "full", how many consecutive layers form one recomputed block.
+    attention: core attention of the layers: "auto" (Transformer Engine when importable, else
+        PyTorch SDPA), "te", "sdpa" (fused kernels, no [s, s] score tensor) or "local"
+        (megatron-core's unfused DotProductAttention).
     """
 
     hf_path: str | Path
@@ -76,8 +80,13 @@ class ActorConfig:
     temperature: float = 1.0
     recompute: RecomputeMode = "none"
     recompute_num_layers: int = 1
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention must be one of {ATTENTION_BACKENDS}, not {self.attention!r}"
+            )
         if self.recompute not in RECOMPUTE_MODES:
             raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, not {self.recompute!r}")
         if self.recompute_num_layers < 1:
@@ -120,6 +129,7 @@ class PolicyActor:
             dtype=config.dtype,
             sequence_parallel=config.sequence_parallel,
             config_overrides=recompute_overrides(config.recompute, config.recompute_num_layers),
+            attention=config.attention,
             wrap_with_ddp=True,
             ddp_config=DistributedDataParallelConfig(
                 grad_reduce_in_fp32=True,

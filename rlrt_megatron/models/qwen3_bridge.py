@@ -6,7 +6,9 @@ checked here to be exact (fp32 logits vs HF to ~6e-6; exported weights bit-ident
 subclass its ``Qwen3Bridge`` instead of writing a converter; the overrides are all it needed:
 
 * **Layer spec.** It hard-codes the Transformer Engine spec (``NameError: TENorm`` without TE).
-  We use the TE spec when TE imports and the local megatron-core spec otherwise.
+  We choose (``attention``): the TE spec ("te"), or the local megatron-core spec with its
+  ``DotProductAttention`` ("local") or with PyTorch SDPA as core attention ("sdpa", see
+  :mod:`~rlrt_megatron.models.sdpa_attention`); "auto" is TE when it imports, else SDPA.
 * **Two more names.** The local spec keeps the norms as separate modules
   (``input_layernorm.weight``, ``pre_mlp_layernorm.weight``) where TE fuses them into
   ``linear_qkv`` / ``linear_fc1``: mapped to HF ``input_layernorm`` / ``post_attention_layernorm``.
@@ -34,6 +36,9 @@ from rlrt_megatron.models.qwen3_checkpoint import Qwen3Checkpoint
 TESTED_MBRIDGE_VERSIONS = frozenset({"0.15.1"})
 
 
+ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "te", "sdpa", "local")
+
+
 def transformer_engine_available() -> bool:
     try:
         import transformer_engine.pytorch  # noqa: F401
@@ -53,17 +58,34 @@ def _check_mbridge_version() -> None:
         )
 
 
+def resolve_attention(attention: str) -> str:
+    """ "auto" -> "te" when Transformer Engine imports, else "sdpa"; check the others."""
+    if attention not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, not {attention!r}")
+    if attention == "auto":
+        return "te" if transformer_engine_available() else "sdpa"
+    if attention == "te" and not transformer_engine_available():
+        raise ValueError(
+            "attention='te' needs Transformer Engine (pip install 'transformer-engine[pytorch]'),"
+            " which is not importable here; use 'sdpa' or 'local'"
+        )
+    return attention
+
+
 def make_qwen3_bridge(
     checkpoint: Qwen3Checkpoint,
     *,
     dtype: torch.dtype,
     make_vocab_size_divisible_by: int,
     config_overrides: dict[str, Any],
+    attention: str = "auto",
 ):
     """Build the bridge for the initialized model-parallel state (call after
     ``initialize_parallel``). ``make_vocab_size_divisible_by`` is the full multiple (already
-    times TP); ``config_overrides`` go to megatron's TransformerConfig."""
+    times TP); ``config_overrides`` go to megatron's TransformerConfig; ``attention`` picks the
+    layer spec (see the module docstring)."""
     _check_mbridge_version()
+    backend = resolve_attention(attention)
     from mbridge.models.qwen3 import Qwen3Bridge
     from transformers import AutoConfig
 
@@ -100,11 +122,14 @@ def make_qwen3_bridge(
             from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 
             self.has_vp_stage = True  # read by the upstream provider
-            return get_gpt_decoder_block_spec(
-                self.config,
-                use_transformer_engine=transformer_engine_available(),
-                vp_stage=vp_stage,
+            spec = get_gpt_decoder_block_spec(
+                self.config, use_transformer_engine=backend == "te", vp_stage=vp_stage
             )
+            if backend == "sdpa":
+                from rlrt_megatron.models.sdpa_attention import with_sdpa_core_attention
+
+                spec = with_sdpa_core_attention(spec)
+            return spec
 
     hf_config = AutoConfig.from_pretrained(checkpoint.path)
     return RlrtQwen3Bridge(

@@ -60,6 +60,7 @@ def build_qwen3_model(
     wrap_with_ddp: bool = False,
     ddp_config: Any = None,
     config_overrides: dict[str, Any] | None = None,
+    attention: str = "auto",
 ) -> Qwen3MegatronModel:
     """Build this rank's part of the model for the initialized TP/PP layout.
 
@@ -80,6 +81,9 @@ def build_qwen3_model(
         ddp_config: a ``DistributedDataParallelConfig``; default: fp32 grad accumulation and
             reduction, no overlap, ``use_distributed_optimizer=True``.
         config_overrides: extra ``TransformerConfig`` fields (e.g. ``recompute_granularity``).
+        attention: "auto" (Transformer Engine when importable, else PyTorch SDPA), "te",
+            "sdpa" or "local" (megatron-core's unfused DotProductAttention); see
+            :mod:`~rlrt_megatron.models.qwen3_bridge`.
     """
     from megatron.core import parallel_state as mpu
     from megatron.core import tensor_parallel
@@ -108,6 +112,7 @@ def build_qwen3_model(
         dtype=dtype,
         make_vocab_size_divisible_by=make_vocab_size_divisible_by * tp,
         config_overrides=overrides,
+        attention=attention,
     )
     provider = bridge._model_provider(post_model_creation_callbacks=[])
     model = provider(
