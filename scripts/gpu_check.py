@@ -218,7 +218,7 @@ def report(label: str, shape: Shape, batch: int, seq: int, timings: dict, peak: 
         )
     print("\n".join(lines))
     extra = f", peak memory {timings['peak_mem_gib']:.1f} GiB" if "peak_mem_gib" in timings else ""
-    print(f"  {label:<20} loss {timings['loss']:.3f}{extra}")
+    print(f"  {label:<20} loss {timings['loss']:.3f}, batch {batch} x {seq}{extra}")
 
 
 def run_with_oom_retry(
