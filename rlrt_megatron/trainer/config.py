@@ -70,6 +70,11 @@ class ActorSection:
     """Optimizer steps per RL step (Table 5: 256 prompts × 8 / mini-batch 128 prompts = 2)."""
     teacher_weights: Literal["behavior", "current", "initial", "ema"] = "behavior"
     ema_rate: float = 0.01
+    recompute: Literal["none", "selective", "full"] = "none"
+    """Activation recomputation in the update (full: what paper-scale micro-batches need)."""
+    recompute_num_layers: int = 1
+    attention: Literal["auto", "te", "sdpa", "local"] = "auto"
+    """Core attention: auto = Transformer Engine when importable, else PyTorch SDPA."""
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     cpus_per_rank: float = 1.0
     gpus_per_rank: float = 0.0

@@ -38,6 +38,9 @@ def actor_config(config: RunConfig) -> ActorConfig:
         teacher_weights=config.actor.teacher_weights,
         ema_rate=config.actor.ema_rate,
         temperature=config.rollout.temperature,
+        recompute=config.actor.recompute,
+        recompute_num_layers=config.actor.recompute_num_layers,
+        attention=config.actor.attention,
     )
 
 
