@@ -44,8 +44,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recompute",
         choices=("full", "none"),
-        default="full",
-        help="activation recomputation assumed (default full; see the printed note)",
+        default=None,
+        help="activation recomputation to assume instead of the config's actor.recompute"
+        " (selective counts as none: with fused attention it keeps the same activations)",
     )
     parser.add_argument("--mfu", type=float, default=0.40, help="training MFU (default 0.40)")
     parser.add_argument(
@@ -111,7 +112,7 @@ def plan_from_args(args: argparse.Namespace) -> tuple[object, Plan, str]:
         hbm_tb_s=args.hbm_tb_s,
     )
     assumptions = Assumptions(
-        recompute=args.recompute,
+        recompute=args.recompute or ("full" if config.actor.recompute == "full" else "none"),
         train_mfu=args.mfu,
         mean_response_fraction=args.mean_response_fraction,
     )
@@ -188,10 +189,9 @@ def format_plan(config, plan: Plan, source: str, full_config: bool = False) -> s
         f"decoding bandwidth-bound at {a.decode_bandwidth_efficiency:.0%} of {c.hbm_tb_s} TB/s",
         f"  activation recomputation: {a.recompute}"
         + (
-            " (assumed: the actor config does not expose recomputation yet, and paper-scale "
-            "micro-batches need it)"
-            if a.recompute == "full"
-            else ""
+            f" (actor.recompute: {config.actor.recompute})"
+            if (a.recompute == "full") == (config.actor.recompute == "full")
+            else f" (--recompute, overriding actor.recompute: {config.actor.recompute})"
         ),
         "  distributed optimizer (Adam state sharded over DP·CP); teacher weights offloaded to "
         "CPU; weight sync at "
