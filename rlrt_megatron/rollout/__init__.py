@@ -5,6 +5,7 @@ Never imports `rlrt_megatron.megatron`: `rlrt_megatron.cluster` bridges the two.
 """
 
 from rlrt_megatron.rollout.engine import (
+    EngineAsleepError,
     EngineConfig,
     EngineStartError,
     VLLMEngine,
@@ -28,6 +29,7 @@ from rlrt_megatron.rollout.weights import (
 
 __all__ = [
     "EngineConfig",
+    "EngineAsleepError",
     "EngineStartError",
     "PromptError",
     "PromptTooLongError",

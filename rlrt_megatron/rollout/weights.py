@@ -83,12 +83,27 @@ class WeightBucket:
             # A buffer from Ray's object store is read-only; the views are only ever read.
             warnings.filterwarnings("ignore", message=".*not writable.*")
             flat = torch.from_numpy(self.buffer)
-        flat = flat.to(device, non_blocking=True)
-        out = []
-        for meta in self.tensors:
-            part = flat[meta.offset : meta.offset + meta.nbytes]
-            out.append((meta.name, part.view(_DTYPES[meta.dtype]).view(meta.shape)))
-        return out
+        return unpack_flat(flat.to(device, non_blocking=True), self.tensors)
+
+
+def unpack_flat(
+    flat: torch.Tensor, tensors: tuple[TensorMeta, ...] | list[TensorMeta]
+) -> list[tuple[str, torch.Tensor]]:
+    """(name, view) for each `TensorMeta` of a flat 1-D uint8 buffer, without copying.
+
+    Raises ValueError when a tensor does not fit in the buffer (a truncated transfer)."""
+    if flat.dtype != torch.uint8 or flat.dim() != 1:
+        raise ValueError(f"a weight bucket is a 1-D uint8 tensor, got {flat.dtype} {flat.shape}")
+    out = []
+    for meta in tensors:
+        if meta.offset + meta.nbytes > flat.numel():
+            raise ValueError(
+                f"{meta.name}: bytes [{meta.offset}, {meta.offset + meta.nbytes}) lie outside the"
+                f" {flat.numel()}-byte bucket"
+            )
+        part = flat[meta.offset : meta.offset + meta.nbytes]
+        out.append((meta.name, part.view(_DTYPES[meta.dtype]).view(meta.shape)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -183,6 +198,55 @@ class WeightUpdateExtension:
         with set_current_vllm_config(self.vllm_config):
             finalize_layerwise_reload(model, self.vllm_config.model_config)
             _refresh_tied_lm_head(model, self.vllm_config.model_config.hf_config)
+
+    # -- direct transports (rlrt_megatron.cluster.weight_group, rlrt_megatron.cluster.cuda_ipc) --
+
+    def rlrt_join_weight_group(self, spec, first_rank: int) -> int:
+        """Join a broadcast weight group as member ``first_rank`` + this worker's rank in its
+        engine (every TP worker receives every bucket); blocks until the group is formed."""
+        from rlrt_megatron.cluster.weight_group import join_weight_group
+
+        self.rlrt_leave_weight_group()
+        rank = first_rank + int(self.rank)
+        self._rlrt_weight_group = join_weight_group(spec, rank)
+        return rank
+
+    def rlrt_leave_weight_group(self) -> None:
+        group = getattr(self, "_rlrt_weight_group", None)
+        self._rlrt_weight_group = None
+        if group is not None and hasattr(group.process_group, "shutdown"):
+            group.process_group.shutdown()
+
+    def rlrt_receive_broadcast(self) -> int:
+        """Receive and load every bucket of one broadcast stream; returns the tensors loaded."""
+        from vllm.config import set_current_vllm_config
+
+        from rlrt_megatron.cluster.weight_group import receive_buckets
+
+        group = getattr(self, "_rlrt_weight_group", None)
+        if group is None:
+            raise RuntimeError("this worker has not joined a weight group")
+        model = self.model_runner.model
+        loaded = 0
+        with set_current_vllm_config(self.vllm_config):
+            for flat, metas in receive_buckets(group, self.device):
+                model.load_weights(weights=unpack_flat(flat, metas))
+                loaded += len(metas)
+        return loaded
+
+    def rlrt_load_ipc_bucket(self, shared) -> int:
+        """Load one bucket that a colocated trainer rank shares by CUDA IPC (no copy until the
+        model's own loaders copy into their parameters)."""
+        from vllm.config import set_current_vllm_config
+
+        from rlrt_megatron.cluster.cuda_ipc import open_bucket
+
+        flat = open_bucket(shared)
+        with set_current_vllm_config(self.vllm_config):
+            self.model_runner.model.load_weights(weights=unpack_flat(flat, shared.tensors))
+        torch.cuda.current_stream().synchronize()  # done reading before the sender frees it
+        del flat
+        return len(shared.tensors)
 
 
 def _refresh_tied_lm_head(model, hf_config) -> None:

@@ -93,10 +93,15 @@ class RolloutSection:
     """vLLM dtype ("auto" serves float32 checkpoints as bfloat16: say float32 to keep them)."""
     gpu_memory_utilization: float = 0.5
     cpus_per_engine: float = 1.0
-    gpus_per_engine: int | None = None
+    gpus_per_engine: float | None = None
     placement: Literal["colocated", "disaggregated"] = "disaggregated"
     bucket_bytes: int = 512 * 2**20
     """Weight-sync bucket size."""
+    weight_transport: Literal["auto", "object_store", "broadcast", "cuda_ipc"] = "auto"
+    """How weights reach the engines: auto = object store on CPU, NCCL broadcast (disaggregated)
+    or CUDA IPC (colocated) on GPUs; see rlrt_megatron.cluster.sync."""
+    sleep_level: int = 1
+    """Colocated: vLLM sleep level while the trainer runs (1 offloads weights, 2 drops them)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -99,6 +99,7 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
         for m in plan.messages
     ]
     prompts_flat, responses = rollouts.flat_prompts(), [s.token_ids for s in flat]
+    run.placement.release_engine_memory()  # colocated: the engines sleep until the sync
     with timer("logprobs"):
         scores = run.policy.score(
             prompts_flat,

@@ -77,9 +77,12 @@ def build_placement(config: RunConfig) -> Placement:
         cpus_per_rank=config.actor.cpus_per_rank,
         gpus_per_rank=config.actor.gpus_per_rank,
     )
-    return Placement(
-        policy, engine_pool_config(config), PlacementConfig(mode=config.rollout.placement)
+    placement = PlacementConfig(
+        mode=config.rollout.placement,
+        weight_transport=config.rollout.weight_transport,
+        sleep_level=config.rollout.sleep_level,
     )
+    return Placement(policy, engine_pool_config(config), placement)
 
 
 def save_on_rank(actor: Any, run_dir: str, step: int, extra: dict, keep_last: int | None) -> str:

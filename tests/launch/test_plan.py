@@ -102,7 +102,17 @@ def test_tensor_parallel_three_is_refused(capsys):
         (["rollout.tensor_parallel=3", "rollout.num_engines=2"], [], "rollout TP=3"),
         (["rollout.num_engines=5"], ["--nodes", "2"], "is 18, but the cluster has 2×8 = 16 GPUs"),
         (["rollout.num_engines=5"], [], "is 18, but the cluster has 3×8 = 24 GPUs"),
-        (["rollout.placement=colocated"], [], "colocated placement"),
+        (["rollout.placement=colocated"], [], "rollout TP must be 1, got 2"),
+        (
+            [
+                "rollout.placement=colocated",
+                "rollout.tensor_parallel=1",
+                "rollout.num_engines=16",
+                "actor.data_parallel=4",
+            ],
+            ["--nodes", "2"],
+            "lower rollout.gpu_memory_utilization to at most",
+        ),
         (["actor.max_tokens=16384"], [], "cannot hold the widest sequence"),
         (["rollout.gpu_memory_utilization=0.1"], [], "KV cache"),
         ([], ["--recompute", "none"], "over the 80 GB"),
@@ -113,6 +123,23 @@ def test_impossible_layouts_are_refused(capsys, overrides, flags, reason):
     code = main(["plan", str(PAPER["qwen3_8b_base/rlrt"]), *overrides, *flags])
     err = capsys.readouterr().err
     assert code == 1 and reason in err, err
+
+
+def test_colocated_layout_shares_the_actor_gpus(capsys):
+    """16 TP=1 engines beside 16 actor ranks on 2 nodes, leaving the actor's resident state room."""
+    code, plan, err = _plan_json(
+        capsys,
+        str(PAPER["qwen3_8b_base/rlrt"]),
+        "rollout.placement=colocated",
+        "rollout.tensor_parallel=1",
+        "rollout.num_engines=16",
+        "actor.data_parallel=4",
+        "rollout.gpu_memory_utilization=0.5",
+        "--nodes",
+        "2",
+    )
+    assert code == 0, err
+    assert plan["problems"] == []
 
 
 def test_bad_config_key_is_a_one_line_error(capsys):
