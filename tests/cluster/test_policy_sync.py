@@ -161,3 +161,29 @@ def test_publisher_drains_the_whole_export_even_when_packing_fails(ray_cluster, 
         publish_buckets(stream(), publish=True, manifest=pool.manifest, bucket_bytes=0)
     assert len(consumed) == len(pool.manifest.shapes)
     assert publish_buckets(iter([("x", torch.ones(2))]), publish=False) is None
+
+
+def test_broadcast_transport_reaches_every_engine(policy, pool, story):
+    """The direct transport into the two-engine pool: a gloo group of rank 0 and both engines'
+    workers, formed once and reused by the next sync."""
+    from rlrt_megatron.cluster.sync import BroadcastChannel
+
+    channel = BroadcastChannel("gloo")
+    prompts = _prompts()
+    version = pool.version
+    try:
+        stats = sync_policy_weights(
+            policy, pool, transport="broadcast", channel=channel, bucket_bytes=BUCKET_BYTES
+        )
+        assert stats.version == version + 1 and stats.num_buckets > 1
+        assert stats.num_tensors == len(pool.manifest.shapes) - len(pool.manifest.optional)
+        group = channel._spec.name
+        samples = pool.generate(prompts, SamplingConfig(n=2, max_tokens=MAX_TOKENS, seed=3))
+        assert set(flatten(prompts, samples)[3]) == {version + 1}  # both engines' shards
+        agree, _ = agreement(policy, prompts, samples)
+        assert agree.max_abs_diff < LOGPROB_ATOL, agree
+        stats = sync_policy_weights(policy, pool, transport="broadcast", channel=channel)
+        assert stats.version == version + 2 and stats.num_buckets == 1
+        assert channel._spec.name == group  # same members: the group was reused
+    finally:
+        channel.close(policy, pool)

