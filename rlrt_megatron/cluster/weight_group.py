@@ -89,13 +89,21 @@ def join_weight_group(spec: WeightGroupSpec, rank: int) -> WeightGroup:
         spec.host, spec.port, spec.world_size, is_master=rank == 0, timeout=timeout
     )
     store = dist.PrefixStore(f"rlrt/{spec.name}/", store)
-    if spec.backend == "gloo":
-        group = dist.ProcessGroupGloo(store, rank, spec.world_size, timeout)
-    else:
-        options = dist.ProcessGroupNCCL.Options()
-        options._timeout = timeout
-        group = dist.ProcessGroupNCCL(store, rank, spec.world_size, options)
+    group = make_process_group(spec.backend, store, rank, spec.world_size, timeout)
     return WeightGroup(spec=spec, rank=rank, process_group=group, store=store)
+
+
+def make_process_group(
+    backend: Backend, store: Any, rank: int, world_size: int, timeout: datetime.timedelta
+) -> Any:
+    """A standalone gloo or NCCL process-group object over ``store`` (no default group)."""
+    import torch.distributed as dist
+
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world_size, timeout)
+    options = dist.ProcessGroupNCCL.Options()
+    options._timeout = timeout
+    return dist.ProcessGroupNCCL(store, rank, world_size, options)
 
 
 def _broadcast(group: WeightGroup, tensor: torch.Tensor) -> None:

@@ -4,8 +4,9 @@
   through its IPC handle, matched by GPU UUID; the tensors are bit-exact and the memory is truly
   shared (a byte the receiver writes is seen by the sender).
 - Packing into device memory equals packing on the host, byte for byte.
-- The broadcast protocol carrying CUDA buckets (gloo here: NCCL refuses two ranks on one GPU, so
-  the NCCL backend itself needs two GPUs and is not exercised by this file).
+- The broadcast protocol carrying CUDA buckets (over gloo: NCCL refuses two ranks on one GPU), and
+  the NCCL process-group object the broadcast transport builds, as a one-member group (its
+  construction and broadcast call; a real sender/receiver pair over NCCL needs two GPUs).
 """
 
 from __future__ import annotations
@@ -71,3 +72,20 @@ def test_broadcast_protocol_carries_cuda_buckets():
 
     results = _run_group(bucket_bytes=512, device="cuda", world=2)
     assert results[0][0] == "sent" and results[1] == ("received", True, 6)
+
+
+def test_nccl_weight_group_object_constructs_and_broadcasts():
+    import datetime
+
+    import torch.distributed as dist
+
+    from rlrt_megatron.cluster.weight_group import free_port, make_process_group
+
+    timeout = datetime.timedelta(seconds=60)
+    store = dist.TCPStore("127.0.0.1", free_port(), 1, is_master=True, timeout=timeout)
+    torch.cuda.set_device(0)
+    group = make_process_group("nccl", dist.PrefixStore("t/", store), 0, 1, timeout)
+    tensor = torch.arange(16, dtype=torch.uint8, device="cuda")
+    group.broadcast(tensor, 0).wait()
+    assert torch.equal(tensor.cpu(), torch.arange(16, dtype=torch.uint8))
+    group.shutdown()
