@@ -2,7 +2,8 @@
 
 This package bridges the policy trainer (`rlrt_megatron.megatron`) and the generation engines
 (`rlrt_megatron.rollout`): the trainer's exported (HF name, tensor) stream goes in through
-`EnginePool.sync_weights`. Ray is imported lazily, inside the functions that need it.
+`EnginePool.sync_weights` or `sync_policy_weights` (object store, broadcast, CUDA IPC). Ray is
+imported lazily, inside the functions that need it.
 """
 
 from rlrt_megatron.cluster.agreement import LogprobAgreement, logprob_agreement
@@ -17,11 +18,21 @@ from rlrt_megatron.cluster.pool import (
     split_evenly,
 )
 from rlrt_megatron.cluster.ray_cluster import RayConfig, init_ray
-from rlrt_megatron.cluster.sync import PackedWeights, sync_policy_weights
-from rlrt_megatron.cluster.weight_sync import DEFAULT_BUCKET_BYTES, pack_buckets
+from rlrt_megatron.cluster.sync import (
+    BroadcastChannel,
+    PackedWeights,
+    resolve_transport,
+    sync_policy_weights,
+)
+from rlrt_megatron.cluster.weight_sync import (
+    DEFAULT_BUCKET_BYTES,
+    pack_buckets,
+    pack_flat_buckets,
+)
 from rlrt_megatron.cluster.worker_group import WorkerGroup, WorkerGroupConfig, WorkerGroupError
 
 __all__ = [
+    "BroadcastChannel",
     "DEFAULT_BUCKET_BYTES",
     "LogprobAgreement",
     "PackedWeights",
@@ -42,5 +53,7 @@ __all__ = [
     "SyncStats",
     "init_ray",
     "pack_buckets",
+    "pack_flat_buckets",
+    "resolve_transport",
     "split_evenly",
 ]
