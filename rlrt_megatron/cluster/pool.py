@@ -427,7 +427,7 @@ class EnginePool:
         indices = list(range(self.num_engines)) if indices is None else list(indices)
         if not refill:
             version = self._next_version(version)
-        elif version != self.version:
+        elif version != self.version:  # (a refill targets fresh, awake replacements)
             raise ValueError(f"a refill of engines loads the pool's version {self.version}")
         start = time.perf_counter()
         try:
@@ -470,10 +470,19 @@ class EnginePool:
             )
 
     def _next_version(self, version: int | None) -> int:
+        self._check_weights_awake()
         version = self.version + 1 if version is None else version
         if version <= self.version:
             raise ValueError(f"weight version must increase: {version} <= current {self.version}")
         return version
+
+    def _check_weights_awake(self) -> None:
+        # Refused up front: an engine refusing mid-sync would count as a failed update and
+        # every engine would be restarted.
+        if "weights" in self._asleep:
+            raise EngineAsleepError(
+                "the engines' weights sleep: wake_up(['weights']) before a weight sync"
+            )
 
     def _apply(
         self, buckets: Iterable[tuple[Any, int, int]], version: int, start: float

@@ -138,6 +138,10 @@ def test_engine_sleeps_while_the_trainer_runs_and_the_sync_wakes_it(placed):
     assert status["asleep"] == ["kv_cache", "weights"] and not status["restarted"]
     with pytest.raises(EngineAsleepError, match="wake_up"):
         engines.generate(prompts, sampling)
+    restarts = engines.restarts
+    with pytest.raises(EngineAsleepError, match="before a weight sync"):  # refused up front,
+        engines.load_direct_weights(lambda indices: (0, 0, 0))  # not a failed sync
+    assert engines.restarts == restarts
     # The trainer has the devices: score and update while the engine sleeps.
     agree, scores = agreement(placed.policy, prompts, samples)
     grpo_step(placed.policy, prompts, samples, scores)
