@@ -10,7 +10,13 @@ back silently with the checkpoint's weights under no version. The pool replaces 
 itself: a new actor in the same bundle, then the last synced weights replayed into it from the
 Ray object store, then its unfinished requests re-issued. The pool keeps the last sync's buckets
 there for that: one host copy of the weights (two while a sync is in flight, so that a failed sync
-can fall back to the previous weights), which Ray spills to disk under memory pressure.
+can fall back to the previous weights), which Ray spills to disk under memory pressure. After a
+sync by a direct transport (broadcast, CUDA IPC: `load_direct_weights`) no such copy exists: the
+replacement is refilled from the trainer through the hook `set_refill` (`Placement` sets it).
+
+Sleep (colocated placement): `sleep` / `wake_up` release and restore every engine's memory
+(`VLLMEngine.sleep`); generation and weight syncs are refused while the engines sleep, and a
+replacement started meanwhile is put to sleep like the others.
 
 Shared placement (colocation, `rlrt_megatron.cluster.placement`): given ``placement_group=`` and
 ``bundle_indices=``, the pool places engine ``i`` in bundle ``bundle_indices[i]`` of a placement
