@@ -15,9 +15,11 @@ different indices in the two processes. The handle carries the GPU's UUID, and t
 it on its device with that UUID (an error names both sides' devices if none matches: the engine
 is not on the rank's GPU, i.e. not colocated).
 
-Lifetime: the sender must keep ``flat`` alive until the receiver has finished with it and dropped
-its views (`open_bucket`'s caller loads synchronously and returns): the sender waits for the
-engine's answer before it packs the next bucket or frees this one.
+Lifetime: the sender waits for the engine's answer before it packs the next bucket, so buckets
+do not pile up. It may then drop its reference: torch's CUDA IPC reference counting keeps the
+block allocated while the receiver still holds views of it, which vLLM's layerwise reload does for
+a layer whose weights are not all in yet (it buffers them until the layer is complete);
+``torch.cuda.ipc_collect()`` on the sender returns the released blocks afterwards.
 """
 
 from __future__ import annotations
