@@ -201,21 +201,27 @@ def sync_policy_weights(
     ``policy``: a `PolicyGroup` (or any group with ``run_all``); ``pool``: an `EnginePool`.
     ``version`` defaults to the pool's current version plus 1; ``bucket_bytes`` to the pool's
     configured bucket size. ``transport``: see the module docstring; ``broadcast`` takes the
-    ``channel`` to reuse (a new one otherwise). ``indices``: direct transports only, refill
-    just those engines at the pool's current version. Returns the pool's `SyncStats`. Raises
-    before any engine is touched (object store), or with the engines restarted (direct
-    transports), if the policy's weights do not match the engines' checkpoint layout.
+    ``channel`` to reuse (without one, a group is formed for this sync and left after it).
+    ``indices``: direct transports only, refill just those engines at the pool's version.
+    Returns the pool's `SyncStats`. Raises before any engine is touched (object store), or with
+    the engines restarted (direct transports), if the policy's weights do not match the engines'
+    checkpoint layout.
     """
     bucket_bytes = pool.config.bucket_bytes if bucket_bytes is None else bucket_bytes
     if bucket_bytes < 0:
         raise ValueError(f"bucket_bytes must be >= 0, got {bucket_bytes}")
     if transport == "broadcast":
-        channel = channel or BroadcastChannel("nccl" if pool.platform == "cuda" else "gloo")
+        own = channel is None  # a one-off group: left again after this sync
+        used = channel or BroadcastChannel("nccl" if pool.platform == "cuda" else "gloo")
 
         def deliver(targets: list[int]) -> tuple[int, int, int]:
-            return channel.send(policy, pool, targets, bucket_bytes)
+            return used.send(policy, pool, targets, bucket_bytes)
 
-        return pool.load_direct_weights(deliver, version=version, indices=indices)
+        try:
+            return pool.load_direct_weights(deliver, version=version, indices=indices)
+        finally:
+            if own:
+                used.close(policy, pool)
     if transport == "cuda_ipc":
 
         def deliver(targets: list[int]) -> tuple[int, int, int]:
@@ -338,6 +344,11 @@ def sender_address(actor: Any) -> tuple[str, int] | None:
     if dist.get_rank() != PACKING_RANK:
         return None
     return ray.util.get_node_ip_address(), free_port()
+
+
+def open_sender_groups(actor: Any) -> list[str]:
+    """The weight groups this rank holds open (a diagnostic: at most one per channel)."""
+    return sorted(_SENDER_GROUPS)
 
 
 def join_sender_group(actor: Any, spec: Any) -> None:

@@ -166,7 +166,7 @@ def test_publisher_drains_the_whole_export_even_when_packing_fails(ray_cluster, 
 def test_broadcast_transport_reaches_every_engine(policy, pool, story):
     """The direct transport into the two-engine pool: a gloo group of rank 0 and both engines'
     workers, formed once and reused by the next sync."""
-    from rlrt_megatron.cluster.sync import BroadcastChannel
+    from rlrt_megatron.cluster.sync import BroadcastChannel, open_sender_groups
 
     channel = BroadcastChannel("gloo")
     prompts = _prompts()
@@ -185,5 +185,11 @@ def test_broadcast_transport_reaches_every_engine(policy, pool, story):
         stats = sync_policy_weights(policy, pool, transport="broadcast", channel=channel)
         assert stats.version == version + 2 and stats.num_buckets == 1
         assert channel._spec.name == group  # same members: the group was reused
+        assert policy.run_all(open_sender_groups)[0] == [group]
     finally:
         channel.close(policy, pool)
+    assert policy.run_all(open_sender_groups)[0] == []
+    # Without a channel: a group for this one sync, left after it.
+    stats = sync_policy_weights(policy, pool, transport="broadcast")
+    assert stats.version == version + 3
+    assert policy.run_all(open_sender_groups) == [[], []]
