@@ -108,10 +108,10 @@ def uses_gpus(policy: PolicyGroupConfig, pool: EnginePoolConfig) -> bool:
 
 
 def colocated_configs(
-    policy: PolicyGroupConfig, pool: EnginePoolConfig, sleep: bool
+    policy: PolicyGroupConfig, pool: EnginePoolConfig
 ) -> tuple[PolicyGroupConfig, EnginePoolConfig]:
     """The rank and engine configs as placed in shared bundles: on GPUs each takes its share of
-    one GPU and the engines start with sleep mode (``sleep``); on CPU they are unchanged."""
+    one GPU and the engines start with sleep mode; on CPU they are unchanged."""
     from dataclasses import replace
 
     if not uses_gpus(policy, pool):
@@ -129,7 +129,7 @@ def colocated_configs(
     if problems:
         raise ValueError("colocated placement on GPUs: " + "; ".join(problems))
     policy = replace(policy, gpus_per_rank=1.0 - ENGINE_GPU_SHARE)
-    engine = replace(pool.engine, enable_sleep_mode=sleep or pool.engine.enable_sleep_mode)
+    engine = replace(pool.engine, enable_sleep_mode=True)
     pool = replace(pool, engine=engine, gpus_per_engine=ENGINE_GPU_SHARE)
     return policy, pool
 
@@ -165,7 +165,7 @@ class Placement:
                 raise
             return
         bundles = colocated_bundles(policy, pool)
-        policy, pool = colocated_configs(policy, pool, sleep=True)
+        policy, pool = colocated_configs(policy, pool)
         self._pg = placement_group(bundles, strategy=self.config.strategy)
         ready, _ = ray.wait([self._pg.ready()], timeout=self.config.timeout_s)
         if not ready:

@@ -356,9 +356,7 @@ def join_sender_group(actor: Any, spec: Any) -> None:
 
     from rlrt_megatron.cluster.weight_group import join_weight_group
 
-    if dist.get_rank() == PACKING_RANK:
-        if spec.backend == "nccl":
-            torch.cuda.set_device(torch.cuda.current_device())
+    if dist.get_rank() == PACKING_RANK:  # (NCCL: on the device Megatron's init selected)
         _SENDER_GROUPS[spec.name] = join_weight_group(spec, 0)
 
 

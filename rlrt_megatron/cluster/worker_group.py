@@ -14,7 +14,6 @@ and may ask for a fraction of a CPU (Ray resources are logical).
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -59,9 +58,9 @@ class RankWorker:
 
     def free_port(self) -> int:
         """A free TCP port on this node (rank 0 hosts the rendezvous)."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("", 0))
-            return s.getsockname()[1]
+        from rlrt_megatron.cluster.weight_group import free_port
+
+        return free_port()
 
     def set_env(self, env: dict[str, str]) -> None:
         os.environ.update(env)

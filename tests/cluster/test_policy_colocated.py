@@ -184,19 +184,19 @@ def test_gpu_colocation_shares_one_gpu_per_bundle(tiny_qwen3_dir):
         {"CPU": RANK_CPUS + ENGINE_CPUS, "GPU": 1.0},
         {"CPU": RANK_CPUS, "GPU": 1.0},
     ]
-    rank, engine = colocated_configs(gpu_policy, gpu_pool, sleep=True)
+    rank, engine = colocated_configs(gpu_policy, gpu_pool)
     assert rank.gpus_per_rank == 1.0 - ENGINE_GPU_SHARE
     assert engine.gpus_per_engine == ENGINE_GPU_SHARE and engine.engine.enable_sleep_mode
     assert engine.bundle()["GPU"] == ENGINE_GPU_SHARE
     # On CPU nothing changes.
-    assert colocated_configs(policy, pool, sleep=True) == (policy, pool)
+    assert colocated_configs(policy, pool) == (policy, pool)
     tp2 = dataclasses.replace(
         gpu_pool, engine=dataclasses.replace(pool.engine, tensor_parallel_size=2), gpus_per_engine=2
     )
     with pytest.raises(ValueError, match="must have TP=1"):
-        colocated_configs(gpu_policy, tp2, sleep=True)
+        colocated_configs(gpu_policy, tp2)
     with pytest.raises(ValueError, match="one GPU each"):
-        colocated_configs(dataclasses.replace(policy, gpus_per_rank=2.0), gpu_pool, sleep=True)
+        colocated_configs(dataclasses.replace(policy, gpus_per_rank=2.0), gpu_pool)
 
 
 def test_transport_choice_follows_placement_and_platform():
