@@ -35,6 +35,7 @@ import torch.distributed as dist
 from rlrt_megatron.megatron.forward import (
     Ids,
     MicroBatch,
+    SequenceLayout,
     check_rollouts,
     dp_share,
     plan_microbatches,
@@ -149,14 +150,13 @@ def pair_views(
         mpu.get_data_parallel_rank(),
     )
     if rows:
-        tp = mpu.get_tensor_model_parallel_world_size()
         microbatches = plan_microbatches(
             rows,
             prompts,
             responses,
             teacher_prompts,
             max_tokens=max_tokens,
-            pad_to_multiple_of=tp if model.config.sequence_parallel else 1,
+            layout=SequenceLayout.of(model),
         )
 
         def on_logits(mb: MicroBatch, logits: torch.Tensor):
@@ -240,7 +240,11 @@ def shift_views(
             responses,
             None,
             max_tokens=max_tokens,
-            pad_to_multiple_of=tp if sp else 1,
+            layout=SequenceLayout(
+                packing=finetuned.packing and base.packing,
+                cp_size=mpu.get_context_parallel_world_size(),
+                tp_multiple=tp if sp else 1,
+            ),
         )
         if rows
         else []

@@ -47,11 +47,15 @@ TeacherRefresh = Callable[[list[int], ScoreResult], dict[str, torch.Tensor]]
 class ActorConfig:
     """Attributes:
     hf_path: HF Qwen3 checkpoint folder.
-    parallel: the TP x PP layout (DP is the rest of the world).
+    parallel: the TP x PP x CP layout (DP is the rest of the world).
     optimizer: AdamW, warmup, weight decay, grad clipping.
     dtype: parameter dtype (float32 or bfloat16).
     sequence_parallel: Megatron sequence parallelism (TP > 1).
-    max_tokens: padded-token budget of a scoring micro-batch.
+    max_tokens: token budget of a micro-batch (scoring and, by default, the update): real
+        tokens with ``packing``, padded tokens (sequences x longest) without.
+    packing: packed micro-batches (sequences back to back, attention and RoPE per sequence;
+        no compute on padding). Needs attention "sdpa" or "te"; required for context
+        parallelism. ``False``: right-padded micro-batches.
     teacher_weights: behavior | current | initial | ema.
     ema_rate: the EMA's rate (teacher_weights="ema").
     offload_teacher: keep the initial/EMA teacher copy in CPU memory.
@@ -74,6 +78,7 @@ class ActorConfig:
     dtype: torch.dtype = torch.bfloat16
     sequence_parallel: bool = False
     max_tokens: int = 8192
+    packing: bool = True
     teacher_weights: TeacherWeightsMode = "behavior"
     ema_rate: float = 0.01
     offload_teacher: bool = True
@@ -119,9 +124,14 @@ class PolicyActor:
         self.config = config
         if mpu.model_parallel_is_initialized():
             state = current_parallel_state()
-            layout = (state.tensor_parallel, state.pipeline_parallel)
-            if layout != (config.parallel.tensor_parallel, config.parallel.pipeline_parallel):
-                raise ValueError(f"parallel state is initialized with TP, PP = {layout}")
+            layout = (state.tensor_parallel, state.pipeline_parallel, state.context_parallel)
+            wanted = (
+                config.parallel.tensor_parallel,
+                config.parallel.pipeline_parallel,
+                config.parallel.context_parallel,
+            )
+            if layout != wanted:
+                raise ValueError(f"parallel state is initialized with TP, PP, CP = {layout}")
         else:
             initialize_parallel(config.parallel)
         self.model = build_qwen3_model(
@@ -130,6 +140,7 @@ class PolicyActor:
             sequence_parallel=config.sequence_parallel,
             config_overrides=recompute_overrides(config.recompute, config.recompute_num_layers),
             attention=config.attention,
+            packing=config.packing,
             wrap_with_ddp=True,
             ddp_config=DistributedDataParallelConfig(
                 grad_reduce_in_fp32=True,

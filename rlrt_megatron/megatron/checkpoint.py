@@ -327,6 +327,7 @@ def _layout() -> dict[str, int]:
         "world_size": dist.get_world_size(),
         "tensor_parallel": mpu.get_tensor_model_parallel_world_size(),
         "pipeline_parallel": mpu.get_pipeline_model_parallel_world_size(),
+        "context_parallel": mpu.get_context_parallel_world_size(),
         "data_parallel": mpu.get_data_parallel_world_size(),
     }
 

@@ -9,11 +9,19 @@ teachers of those rollouts): the last pipeline stage then holds the logits of bo
 same time and can compute pair statistics (KL, top-k at the student's ids) from this one
 micro-batch's response logits, never from [T, V] logits kept across micro-batches.
 
-Micro-batches are cut by a token budget on their padded size ((number of sequences) × (longest
-sequence)), longest rollouts first, so they cost about the same and hold little padding. They
-run through megatron's ``get_forward_backward_func()`` (no pipelining, or 1F1B when PP > 1).
-Micro-batches differ in shape; with PP > 1 the model config's ``variable_seq_lengths`` is turned
-on so the stages exchange each activation's shape before the tensor.
+Layouts (:class:`SequenceLayout`, from the model): **packed** (the default; sequences back to
+back in one row with per-sequence causal attention and RoPE restarting at each sequence, see
+:mod:`.microbatch`) cuts micro-batches by *real* tokens up to ``max_tokens``; **padded** cuts by
+padded size ((number of sequences) × (longest sequence)), longest rollouts first. Under context
+parallelism (CP > 1, packed only) every sequence is split over the CP ranks in the load-balanced
+2·CP chunk order and each rank feeds the model its chunks only.
+
+Whatever the layout, ``on_logits`` receives the micro-batch's **response logits**
+[n_response_tokens, V_local], sequence by sequence (under CP gathered from the CP ranks that own
+them, with a backward that hands each rank its own rows), and :meth:`MicroBatch.response_index`
+indexes into them. Micro-batches run through megatron's ``get_forward_backward_func()`` (no
+pipelining, or 1F1B when PP > 1); with PP > 1 the model config's ``variable_seq_lengths`` is
+turned on so the stages exchange each activation's shape before the tensor.
 """
 
 from __future__ import annotations
@@ -24,7 +32,13 @@ from typing import Any
 
 import torch
 
-from rlrt_megatron.megatron.microbatch import PaddedBatch, pad_sequences
+from rlrt_megatron.megatron.microbatch import (
+    PackedBatch,
+    PaddedBatch,
+    pack_sequences,
+    packed_length,
+    pad_sequences,
+)
 
 Ids = Sequence[int]
 # Token id used for right padding: padded positions come after every real token, so causal
@@ -89,40 +103,84 @@ def dp_share(lengths: Sequence[int], dp_size: int, dp_rank: int) -> list[int]:
     return sorted(owned[dp_rank])
 
 
+@dataclass(frozen=True)
+class SequenceLayout:
+    """How the actor lays out micro-batches.
+
+    Attributes:
+        packing: packed (THD) micro-batches; else right-padded rows.
+        cp_size: context-parallel ranks each packed sequence is split over.
+        tp_multiple: with sequence parallelism, the token count per CP rank must be a multiple
+            of TP (1 without sequence parallelism).
+    """
+
+    packing: bool = False
+    cp_size: int = 1
+    tp_multiple: int = 1
+
+    def __post_init__(self) -> None:
+        if self.cp_size > 1 and not self.packing:
+            raise ValueError("context parallelism needs packed micro-batches")
+
+    @classmethod
+    def of(cls, model: Any) -> SequenceLayout:
+        """The layout of a built model (its ``packing`` flag) in the initialized parallel state."""
+        from megatron.core import parallel_state as mpu
+
+        tp = mpu.get_tensor_model_parallel_world_size()
+        return cls(
+            packing=bool(getattr(model, "packing", False)),
+            cp_size=mpu.get_context_parallel_world_size(),
+            tp_multiple=tp if model.config.sequence_parallel else 1,
+        )
+
+    @property
+    def sequence_multiple(self) -> int:
+        """Each packed sequence is padded to a multiple of this (2·CP chunks under CP)."""
+        return 2 * self.cp_size if self.cp_size > 1 else 1
+
+    def sequence_cost(self, n: int) -> int:
+        """Tokens a sequence of ``n`` real tokens occupies in a packed micro-batch."""
+        return packed_length(n, self.sequence_multiple)
+
+
 @dataclass
 class MicroBatch:
-    """One micro-batch: student sequences of ``rows`` (rows 0..b−1 of ``inputs``), then the
-    teacher sequences of ``rows[j]`` for j in ``paired`` (rows b, b+1, ... of ``inputs``).
+    """One micro-batch: student sequences of ``rows`` (sequences 0..b−1 of ``inputs``), then the
+    teacher sequences of ``rows[j]`` for j in ``paired`` (sequences b, b+1, ...).
 
-    ``rows`` are indices into the caller's rollout list.
+    ``rows`` are indices into the caller's rollout list; ``inputs`` is a :class:`PaddedBatch`
+    or a :class:`PackedBatch`.
     """
 
     rows: list[int]
     paired: list[int]
-    inputs: PaddedBatch
+    inputs: PaddedBatch | PackedBatch
 
     @property
     def num_students(self) -> int:
         return len(self.rows)
 
+    @property
+    def packed(self) -> bool:
+        return isinstance(self.inputs, PackedBatch)
+
     def response_index(self, sequences: Sequence[int]) -> torch.Tensor:
-        """Flat indices into the [b·S] positions of ``inputs`` of the response logits of the
-        given sequence rows, concatenated in that order ([n_tokens] int64)."""
-        width = self.inputs.input_ids.shape[1]
-        parts = [
-            seq * width
-            + int(self.inputs.response_start[seq])
-            + torch.arange(int(self.inputs.response_len[seq]))
-            for seq in sequences
-        ]
+        """Rows of the response logits ``on_logits`` receives ([n_response_tokens, V], sequence
+        by sequence) that hold the given sequences' responses, concatenated in that order."""
+        lengths = [int(n) for n in self.inputs.response_len]
+        starts = [0]
+        for n in lengths[:-1]:
+            starts.append(starts[-1] + n)
+        parts = [starts[seq] + torch.arange(lengths[seq]) for seq in sequences]
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
     def student_index(self, positions: Sequence[int] | None = None) -> torch.Tensor:
-        """Response positions of the students at ``positions`` in ``rows`` (default: all)."""
+        """Response rows of the students at ``positions`` in ``rows`` (default: all)."""
         return self.response_index(range(len(self.rows)) if positions is None else positions)
 
     def teacher_index(self) -> torch.Tensor:
-        """Response positions of the teacher sequences, in ``paired`` order."""
+        """Response rows of the teacher sequences, in ``paired`` order."""
         return self.response_index(range(len(self.rows), len(self.rows) + len(self.paired)))
 
 
@@ -134,49 +192,90 @@ def plan_microbatches(
     *,
     max_tokens: int,
     pad_to_multiple_of: int = 1,
+    layout: SequenceLayout | None = None,
 ) -> list[MicroBatch]:
-    """Pack ``rows`` (with their teacher sequences where ``teacher_prompts[row]`` is given) into
-    micro-batches of at most ``max_tokens`` padded tokens, longest first."""
+    """Cut ``rows`` (with their teacher sequences where ``teacher_prompts[row]`` is given) into
+    micro-batches of at most ``max_tokens`` tokens, biggest rollouts first.
+
+    ``layout`` (default: padded, rows a multiple of ``pad_to_multiple_of``) decides what a token
+    costs: packed micro-batches count each sequence's real tokens (plus its padding to
+    2·CP under context parallelism), padded ones count (sequences) × (longest sequence).
+    """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    layout = layout or SequenceLayout(tp_multiple=pad_to_multiple_of)
 
     def teacher(r: int) -> Ids | None:
         return None if teacher_prompts is None else teacher_prompts[r]
 
-    def width(r: int) -> int:
+    def lengths(r: int) -> list[int]:
         t = teacher(r)
-        n = max(len(prompts[r]), len(t) if t is not None else 0) + len(responses[r])
-        return -(-n // pad_to_multiple_of) * pad_to_multiple_of
+        n = len(prompts[r]) + len(responses[r])
+        return [n] if t is None else [n, len(t) + len(responses[r])]
 
-    def count(r: int) -> int:
-        return 1 if teacher(r) is None else 2
+    if layout.packing:
+
+        def cost(r: int) -> int:
+            return sum(layout.sequence_cost(n) for n in lengths(r))
+
+        def fits(group: list[int], r: int) -> bool:
+            return sum(cost(x) for x in group) + cost(r) <= max_tokens
+
+    else:
+
+        def width(r: int) -> int:
+            return packed_length(max(lengths(r)), layout.tp_multiple)
+
+        def cost(r: int) -> int:
+            return len(lengths(r)) * width(r)
+
+        def fits(group: list[int], r: int) -> bool:
+            seqs = sum(len(lengths(x)) for x in group) + len(lengths(r))
+            return seqs * width(group[0]) <= max_tokens  # the first member is the widest
 
     for r in rows:
-        if count(r) * width(r) > max_tokens:
+        if cost(r) > max_tokens:
             raise ValueError(
-                f"rollout {r} needs {count(r)} sequence(s) of {width(r)} tokens, more than the "
-                f"micro-batch token budget {max_tokens}: raise the budget"
+                f"rollout {r} needs {cost(r)} tokens ({len(lengths(r))} sequence(s)), more than "
+                f"the micro-batch token budget {max_tokens}: raise the budget (actor.max_tokens)"
             )
     groups: list[list[int]] = []
-    current: list[int] = []
-    for r in sorted(rows, key=lambda r: (-width(r), r)):
-        if current:
-            seqs = sum(count(x) for x in current) + count(r)
-            if seqs * width(current[0]) > max_tokens:  # the first member is the widest
+    if layout.packing:
+        # First-fit decreasing: each rollout goes into the first micro-batch with room, so the
+        # micro-batches end up nearly full of real tokens.
+        for r in sorted(rows, key=lambda r: (-cost(r), r)):
+            target = next((g for g in groups if fits(g, r)), None)
+            if target is None:
+                groups.append([r])
+            else:
+                target.append(r)
+    else:
+        current: list[int] = []
+        for r in sorted(rows, key=lambda r: (-max(lengths(r)), r)):
+            if current and not fits(current, r):
                 groups.append(current)
                 current = []
-        current.append(r)
-    if current:
-        groups.append(current)
+            current.append(r)
+        if current:
+            groups.append(current)
 
     batches = []
     for group in groups:
         paired = [j for j, r in enumerate(group) if teacher(group[j]) is not None]
         seq_prompts = [prompts[r] for r in group] + [teacher(group[j]) for j in paired]
         seq_responses = [responses[r] for r in group] + [responses[group[j]] for j in paired]
-        inputs = pad_sequences(
-            seq_prompts, seq_responses, PAD_ID, pad_to_multiple_of=pad_to_multiple_of
-        )
+        if layout.packing:
+            inputs: PaddedBatch | PackedBatch = pack_sequences(
+                seq_prompts,
+                seq_responses,
+                PAD_ID,
+                pad_to_multiple_of=layout.sequence_multiple,
+                total_multiple_of=layout.sequence_multiple * layout.tp_multiple,
+            )
+        else:
+            inputs = pad_sequences(
+                seq_prompts, seq_responses, PAD_ID, pad_to_multiple_of=layout.tp_multiple
+            )
         batches.append(MicroBatch(rows=group, paired=paired, inputs=inputs))
     return batches
 
@@ -194,8 +293,75 @@ def vocab_kwargs(model: Any, logits: torch.Tensor, temperature: float) -> dict[s
     )
 
 
-# on_logits(micro_batch, logits [b, S, V_local]) -> (loss to backpropagate, unused dict)
+# on_logits(micro_batch, response logits [n_response_tokens, V_local]) -> (loss to
+# backpropagate, unused dict)
 LogitsFn = Callable[[MicroBatch, torch.Tensor], tuple[torch.Tensor, dict]]
+
+
+def _model_inputs(mb: MicroBatch, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """(input ids, position ids, packed-sequence params or None) this rank feeds the model."""
+    from megatron.core import parallel_state as mpu
+
+    if not mb.packed:
+        return mb.inputs.input_ids.to(dev), mb.inputs.position_ids.to(dev), None
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    from rlrt_megatron.models.packed_attention import cp_local_positions
+
+    inputs: PackedBatch = mb.inputs  # type: ignore[assignment]
+    ids, positions = inputs.input_ids, inputs.position_ids
+    cp = mpu.get_context_parallel_world_size()
+    if cp > 1:
+        local = cp_local_positions(inputs.cu_seqlens, cp, mpu.get_context_parallel_rank())
+        ids, positions = ids[:, local], positions[:, local]
+    cu = inputs.cu_seqlens.to(dev)
+    longest = inputs.max_seqlen
+    params = PackedSeqParams(
+        qkv_format="thd",
+        cu_seqlens_q=cu,
+        cu_seqlens_kv=cu,
+        cu_seqlens_q_padded=cu,
+        cu_seqlens_kv_padded=cu,
+        max_seqlen_q=longest,
+        max_seqlen_kv=longest,
+    )
+    return ids.to(dev), positions.to(dev), params
+
+
+def _response_logits(mb: MicroBatch, logits: torch.Tensor) -> torch.Tensor:
+    """This micro-batch's response logits [n_response_tokens, V_local], sequence by sequence,
+    from the model's output [b, s, V_local] (under CP: this rank's chunks only)."""
+    from megatron.core import parallel_state as mpu
+
+    flat = logits.reshape(-1, logits.shape[-1])
+    positions = mb.inputs.response_positions()
+    cp = mpu.get_context_parallel_world_size()
+    if cp == 1:
+        return flat.index_select(0, positions.to(flat.device))
+    from rlrt_megatron.models.cp_comm import gather_replicated_rows
+    from rlrt_megatron.models.packed_attention import cp_local_positions
+
+    cu = mb.inputs.cu_seqlens  # type: ignore[union-attr]
+    total = int(cu[-1])
+    owner = torch.empty(total, dtype=torch.long)
+    local_index = torch.empty(total, dtype=torch.long)
+    for rank in range(cp):
+        held = cp_local_positions(cu, cp, rank)
+        owner[held] = rank
+        local_index[held] = torch.arange(held.numel())
+    owners = owner[positions]
+    rank = mpu.get_context_parallel_rank()
+    # Rank-major: every rank's response rows in sequence order, rank after rank.
+    by_rank = [torch.nonzero(owners == r).flatten() for r in range(cp)]
+    mine = local_index[positions[by_rank[rank]]]
+    gathered = gather_replicated_rows(
+        flat.index_select(0, mine.to(flat.device)),
+        [int(x.numel()) for x in by_rank],
+        mpu.get_context_parallel_group(),
+    )
+    order = torch.empty(positions.numel(), dtype=torch.long)
+    order[torch.cat(by_rank)] = torch.arange(positions.numel())
+    return gathered.index_select(0, order.to(gathered.device))
 
 
 def run_schedule(
@@ -204,8 +370,11 @@ def run_schedule(
     """Run ``microbatches`` through megatron's forward(-backward) schedule.
 
     ``on_logits`` runs on the last pipeline stage for each micro-batch (in order) with the
-    micro-batch's logits [b, S, V_local]; with ``forward_only=False`` its returned loss is
-    backpropagated after megatron divides it by the number of micro-batches (callers undo that).
+    micro-batch's response logits [n_response_tokens, V_local] (see the module docstring);
+    with ``forward_only=False`` its returned loss is backpropagated after megatron divides it by
+    the number of micro-batches (callers undo that). Under context parallelism every CP rank
+    receives the same response logits and must return the same loss (megatron multiplies it by
+    CP and DDP averages over DP × CP, which together give the exact gradient).
     Every rank of a model-parallel group must pass the same micro-batches.
     """
     from megatron.core import parallel_state as mpu
@@ -216,16 +385,22 @@ def run_schedule(
     if mpu.get_pipeline_model_parallel_world_size() > 1:
         # Micro-batches have different [S, b] shapes: stages send each shape before the tensor.
         model.config.variable_seq_lengths = True
+    if mpu.get_context_parallel_world_size() > 1 and not all(mb.packed for mb in microbatches):
+        raise ValueError("context parallelism needs packed micro-batches")
     dev = device()
+    cp = mpu.get_context_parallel_world_size()
 
     def forward_step(data_iterator, chunk):
         mb = next(data_iterator)
-        ids = mb.inputs.input_ids.to(dev)
-        positions = mb.inputs.position_ids.to(dev)
-        output = chunk(ids, positions, None)  # right padding + causal mask: no attention mask
+        ids, positions, packed = _model_inputs(mb, dev)
+        # Right padding + causal mask, or packed sequences: no attention mask either way.
+        if packed is None:
+            output = chunk(ids, positions, None)
+        else:
+            output = chunk(ids, positions, None, packed_seq_params=packed)
 
         def loss_func(logits):
-            return on_logits(mb, logits)
+            return on_logits(mb, _response_logits(mb, logits))
 
         return output, loss_func
 
@@ -235,7 +410,7 @@ def run_schedule(
             data_iterator=iter(microbatches),
             model=model.chunks,
             num_microbatches=len(microbatches),
-            seq_length=max(mb.inputs.input_ids.shape[1] for mb in microbatches),
+            seq_length=max(mb.inputs.input_ids.shape[1] for mb in microbatches) // cp,
             micro_batch_size=max(mb.inputs.input_ids.shape[0] for mb in microbatches),
             forward_only=forward_only,
         )
@@ -248,11 +423,15 @@ def run_schedule(
 
 
 def result_owner() -> bool:
-    """Whether this rank publishes its DP share's results: the last PP stage's TP rank 0 (all
-    TP ranks of the last stage hold the same, TP-reduced values)."""
+    """Whether this rank publishes its DP share's results: the last PP stage's TP rank 0 and CP
+    rank 0 (all TP and CP ranks of the last stage hold the same, reduced/gathered values)."""
     from megatron.core import parallel_state as mpu
 
-    return mpu.is_pipeline_last_stage() and mpu.get_tensor_model_parallel_rank() == 0
+    return (
+        mpu.is_pipeline_last_stage()
+        and mpu.get_tensor_model_parallel_rank() == 0
+        and mpu.get_context_parallel_rank() == 0
+    )
 
 
 def publish(tensors: dict[str, torch.Tensor], owner: bool) -> None:

@@ -4,7 +4,7 @@ One process per rank, launched by torchrun, Ray or ``torch.multiprocessing`` wit
 ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` / ``MASTER_PORT`` (and ``LOCAL_RANK`` on GPUs)
 environment. The backend is gloo where CUDA is absent (with :mod:`.compat` applied) and nccl on
 GPUs. The layout is validated before any process group starts wherever the world size is known.
-Data parallelism is what is left: ``DP = world_size / (TP * PP)``.
+Data parallelism is what is left: ``DP = world_size / (TP * PP * CP)``.
 """
 
 from __future__ import annotations
@@ -26,31 +26,37 @@ class ParallelConfig:
     Attributes:
         tensor_parallel: TP size (Megatron ``tensor_model_parallel_size``).
         pipeline_parallel: PP size (Megatron ``pipeline_model_parallel_size``).
+        context_parallel: CP size (Megatron ``context_parallel_size``): every packed sequence
+            is split over CP ranks (2·CP load-balanced chunks), so a rank holds 1/CP of each
+            long sequence's activations. Needs packed micro-batches (``actor.packing``).
         seed: base seed of Megatron's RNG streams (``model_parallel_cuda_manual_seed``).
         timeout_minutes: collective timeout of the process groups.
     """
 
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
+    context_parallel: int = 1
     seed: int = 1234
     timeout_minutes: int = 30
 
     def __post_init__(self) -> None:
-        for name in ("tensor_parallel", "pipeline_parallel", "timeout_minutes"):
+        for name in ("tensor_parallel", "pipeline_parallel", "context_parallel", "timeout_minutes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
     @property
     def model_parallel(self) -> int:
-        return self.tensor_parallel * self.pipeline_parallel
+        """Ranks that hold one replica of the model's data: TP × PP × CP."""
+        return self.tensor_parallel * self.pipeline_parallel * self.context_parallel
 
     def data_parallel(self, world_size: int) -> int:
-        """DP size for ``world_size`` processes; raises if TP*PP does not divide it."""
+        """DP size for ``world_size`` processes; raises if TP*PP*CP does not divide it."""
         if world_size % self.model_parallel:
             raise ValueError(
-                f"world size {world_size} is not divisible by TP*PP = {self.tensor_parallel}*"
-                f"{self.pipeline_parallel} = {self.model_parallel}"
+                f"world size {world_size} is not divisible by TP*PP*CP = {self.tensor_parallel}*"
+                f"{self.pipeline_parallel}*{self.context_parallel} = {self.model_parallel}"
+                " (actor.parallel)"
             )
         return world_size // self.model_parallel
 
@@ -68,6 +74,8 @@ class ParallelState:
     pp_rank: int
     dp_rank: int
     backend: str
+    context_parallel: int = 1
+    cp_rank: int = 0
 
     @property
     def is_first_stage(self) -> bool:
@@ -130,6 +138,7 @@ def initialize_parallel(config: ParallelConfig | None = None) -> ParallelState:
     mpu.initialize_model_parallel(
         tensor_model_parallel_size=config.tensor_parallel,
         pipeline_model_parallel_size=config.pipeline_parallel,
+        context_parallel_size=config.context_parallel,
         distributed_timeout_minutes=config.timeout_minutes,
         # With gloo as the main backend, megatron's extra gloo groups would duplicate every group.
         create_gloo_process_groups=backend != "gloo",
@@ -154,6 +163,8 @@ def current_parallel_state() -> ParallelState:
         pp_rank=mpu.get_pipeline_model_parallel_rank(),
         dp_rank=mpu.get_data_parallel_rank(),
         backend=dist.get_backend(),
+        context_parallel=mpu.get_context_parallel_world_size(),
+        cp_rank=mpu.get_context_parallel_rank(),
     )
 
 

@@ -6,9 +6,10 @@ maps it to megatron-core 0.16 ``TransformerConfig`` fields (pass them as ``confi
 and :meth:`PrecisionConfig.model_parallel_kwargs` to ``initialize_model_parallel``.
 
 :func:`check_precision_runtime` runs at start-up, **before any process group exists**: FP8 needs
-CUDA, a GPU generation that has the recipe's FP8 kernels and Transformer Engine; context
-parallelism needs CUDA and Transformer Engine's attention (megatron-core's local attention has
-no CP). What is missing is named in one error.
+CUDA, a GPU generation that has the recipe's FP8 kernels and Transformer Engine. Context
+parallelism runs anywhere (Transformer Engine's CP attention where it imports, else the SDPA core
+attention's all-gather CP; see :mod:`rlrt_megatron.models.sdpa_attention`); the actor takes its
+size from ``ParallelConfig.context_parallel``. What is missing is named in one error.
 
 FP8 recipes (megatron-core's ``Fp8Recipe`` names):
 
@@ -59,8 +60,9 @@ class PrecisionConfig:
         fp8_amax_compute_algo: ``max`` over the history or ``most_recent`` (delayed only).
         first_last_layers_bf16: keep the first and last transformer layers in bf16 under FP8
             (not with ``delayed``: megatron-core rejects that combination).
-        context_parallel: CP size: each sequence is split over this many ranks (Transformer
-            Engine attention); the world size must be divisible by TP * PP * CP.
+        context_parallel: CP size: each sequence is split over this many ranks; the world
+            size must be divisible by TP * PP * CP (the actor reads
+            ``ParallelConfig.context_parallel``).
         cp_comm_type: how attention exchanges K/V across CP ranks: ``p2p`` (ring),
             ``all_gather`` or ``a2a``.
     """
@@ -231,15 +233,8 @@ def check_precision_runtime(
                 f"{what} needs Transformer Engine >= {min_te[0]}.{min_te[1]}, found "
                 f"{caps.transformer_engine_version}"
             )
-    if config.context_parallel > 1:
-        what = f"context parallelism (CP={config.context_parallel})"
-        if not caps.cuda_available:
-            missing.append(f"{what} needs CUDA, and CUDA is not available here")
-        if caps.transformer_engine_version is None:
-            missing.append(
-                f"{what} needs Transformer Engine's attention (megatron-core's local attention "
-                "has no CP), and Transformer Engine is not importable here"
-            )
+    # Context parallelism needs neither CUDA nor Transformer Engine: without TE the SDPA core
+    # attention all-gathers K/V over the CP group (rlrt_megatron.models.sdpa_attention).
     if missing:
         raise PrecisionUnavailableError("; ".join(missing))
     if parallel is not None and world_size is not None:

@@ -37,6 +37,7 @@ import torch
 from rlrt_megatron.megatron.forward import (
     Ids,
     MicroBatch,
+    SequenceLayout,
     check_rollouts,
     dp_share,
     plan_microbatches,
@@ -203,14 +204,13 @@ def _pass(
         mpu.get_data_parallel_rank(),
     )
     if rows:
-        sp = bool(model.config.sequence_parallel)
         microbatches = plan_microbatches(
             rows,
             prompts,
             responses,
             teacher_prompts,
             max_tokens=max_tokens,
-            pad_to_multiple_of=mpu.get_tensor_model_parallel_world_size() if sp else 1,
+            layout=SequenceLayout.of(model),
         )
 
         def on_logits(mb: MicroBatch, logits: torch.Tensor):

@@ -34,6 +34,7 @@ from rlrt_megatron.algorithms.registry import get_method
 from rlrt_megatron.megatron.forward import (
     Ids,
     MicroBatch,
+    SequenceLayout,
     check_rollouts,
     dp_share,
     plan_microbatches,
@@ -234,14 +235,13 @@ def _minibatch_step(model, optimizer, mini: TrainBatch, config: UpdateConfig) ->
         candidates = list(range(len(mini.responses)))
     costs = rollout_costs(mini.prompts, mini.responses, teachers)
     rows = [candidates[j] for j in dp_share([costs[i] for i in candidates], dp, dp_rank)]
-    sp = bool(model.config.sequence_parallel)
     microbatches = plan_microbatches(
         rows,
         mini.prompts,
         mini.responses,
         teachers,
         max_tokens=config.max_tokens,
-        pad_to_multiple_of=mpu.get_tensor_model_parallel_world_size() if sp else 1,
+        layout=SequenceLayout.of(model),
     )
     scale = len(microbatches) * dp  # undo megatron's 1/num_microbatches and DDP's 1/DP
     record = _Record()

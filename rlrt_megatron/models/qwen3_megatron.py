@@ -41,6 +41,10 @@ class Qwen3MegatronModel:
     vocab_size: int  # real vocab: logit columns >= this are padding and must be masked
     padded_vocab_size: int  # Megatron's vocab (a multiple of divisible_by * TP)
     bridge: Any = field(repr=False)
+    # Micro-batches are packed (THD: sequences back to back, attention kept inside each) rather
+    # than right-padded; required for context parallelism. Set by the attention backend's
+    # support: SDPA and Transformer Engine pack, megatron's local attention does not.
+    packing: bool = False
 
     @property
     def modules(self) -> list[torch.nn.Module]:
@@ -61,6 +65,7 @@ def build_qwen3_model(
     ddp_config: Any = None,
     config_overrides: dict[str, Any] | None = None,
     attention: str = "auto",
+    packing: bool = True,
 ) -> Qwen3MegatronModel:
     """Build this rank's part of the model for the initialized TP/PP layout.
 
@@ -84,14 +89,28 @@ def build_qwen3_model(
         attention: "auto" (Transformer Engine when importable, else PyTorch SDPA), "te",
             "sdpa" or "local" (megatron-core's unfused DotProductAttention); see
             :mod:`~rlrt_megatron.models.qwen3_bridge`.
+        packing: run the actor's passes on packed micro-batches (see
+            :mod:`~rlrt_megatron.megatron.forward`); needs the "sdpa" or "te" attention and is
+            required for context parallelism (``initialize_parallel`` with CP > 1).
     """
     from megatron.core import parallel_state as mpu
     from megatron.core import tensor_parallel
     from megatron.core.transformer.module import Float16Module
 
+    from rlrt_megatron.models.qwen3_bridge import resolve_attention
+
     tp = mpu.get_tensor_model_parallel_world_size()
     pp = mpu.get_pipeline_model_parallel_world_size()
+    cp = mpu.get_context_parallel_world_size()
     checkpoint = validate_qwen3_layout(hf_path, tp, pp)
+    backend = resolve_attention(attention)
+    if packing and backend == "local":
+        raise ValueError(
+            "packed micro-batches need attention 'sdpa' or 'te' (megatron-core's local attention "
+            "has no packed-sequence support): set actor.attention or actor.packing=false"
+        )
+    if cp > 1 and not packing:
+        raise ValueError(f"context parallelism (CP={cp}) needs packed micro-batches: actor.packing")
     if sequence_parallel and tp == 1:
         raise ValueError("sequence_parallel needs tensor parallelism (TP > 1)")
     if dtype not in (torch.float32, torch.bfloat16):
@@ -101,6 +120,7 @@ def build_qwen3_model(
 
     overrides: dict[str, Any] = {
         "sequence_parallel": sequence_parallel,
+        "context_parallel_size": cp,
         # A CUDA kernel (bf16 would select it); megatron falls back to torch softmax without it.
         "masked_softmax_fusion": torch.cuda.is_available(),
         # perform_initialization stays on even when loading: megatron sets the TP attributes
@@ -112,7 +132,7 @@ def build_qwen3_model(
         dtype=dtype,
         make_vocab_size_divisible_by=make_vocab_size_divisible_by * tp,
         config_overrides=overrides,
-        attention=attention,
+        attention=backend,
     )
     provider = bridge._model_provider(post_model_creation_callbacks=[])
     model = provider(
@@ -145,6 +165,7 @@ def build_qwen3_model(
         vocab_size=checkpoint.vocab_size,
         padded_vocab_size=padded,
         bridge=bridge,
+        packing=packing,
     )
 
 

@@ -32,8 +32,8 @@ METHODS = ("grpo", "rlrt", "sdpo", "grpo_eb", "srpo")
 TEACHER_LAYOUT = "pp2"  # the teacher-weight options run here (swaps on a pipeline stage's shard)
 NONFINITE_LAYOUT = "tp2"
 TOPK = 5
-MAX_TOKENS = 48  # small: every scoring pass needs several micro-batches
-TRAIN_MAX_TOKENS = 40  # every mini-batch of every update needs several micro-batches
+MAX_TOKENS = 40  # small: every scoring pass needs several (packed) micro-batches
+TRAIN_MAX_TOKENS = 32  # packed: every mini-batch of every update needs several micro-batches
 MINI_BATCHES = 2
 EMA_RATE = 0.25
 # See test_model_parity.py: Adam's eps keeps the first step smooth in g; large weight decay makes

@@ -1,8 +1,9 @@
 """Actor variants that must change speed or memory, never the numbers.
 
 Two gloo ranks (TP=2) score the same rollouts and run the same RLRT update with
-- core attention: megatron's unfused ``DotProductAttention`` ("local") vs PyTorch SDPA ("sdpa",
-  the default without Transformer Engine);
+- core attention: megatron's unfused ``DotProductAttention`` ("local", right-padded micro-batches)
+  vs PyTorch SDPA ("sdpa", the default without Transformer Engine) on packed micro-batches (the
+  default) and on padded ones;
 - activation recomputation (`ActorConfig.recompute`): none / selective / full (blocks of one and
   of two layers), with either attention.
 The scores, the updated parameters and the step's metrics must agree with the local, no-recompute
@@ -19,14 +20,15 @@ from _dist import run_distributed
 
 pytestmark = pytest.mark.distributed
 
-# name: (attention, recompute, recompute_num_layers)
+# name: (attention, recompute, recompute_num_layers, packing)
 VARIANTS = {
-    "local": ("local", "none", 1),
-    "sdpa": ("sdpa", "none", 1),
-    "local-selective": ("local", "selective", 1),
-    "sdpa-selective": ("sdpa", "selective", 1),
-    "sdpa-full1": ("sdpa", "full", 1),
-    "sdpa-full2": ("sdpa", "full", 2),
+    "local": ("local", "none", 1, False),
+    "sdpa": ("sdpa", "none", 1, True),
+    "sdpa-padded": ("sdpa", "none", 1, False),
+    "local-selective": ("local", "selective", 1, False),
+    "sdpa-selective": ("sdpa", "selective", 1, True),
+    "sdpa-full1": ("sdpa", "full", 1, True),
+    "sdpa-full2": ("sdpa", "full", 2, True),
 }
 REFERENCE = "local"
 
@@ -39,7 +41,7 @@ def _worker(rank: int, out_dir: str, hf_path: str) -> None:
 
     out = Path(out_dir)
     batch = torch.load(out / "batch.pt")
-    for name, (attention, recompute, layers) in VARIANTS.items():
+    for name, (attention, recompute, layers, packing) in VARIANTS.items():
         actor = PolicyActor(
             ActorConfig(
                 hf_path=hf_path,
@@ -49,6 +51,7 @@ def _worker(rank: int, out_dir: str, hf_path: str) -> None:
                 recompute=recompute,
                 recompute_num_layers=layers,
                 attention=attention,
+                packing=packing,
             )
         )
         core = {
@@ -106,7 +109,7 @@ def runs(tmp_path_factory, tiny_qwen3_dir) -> dict[str, dict]:
 
 
 def test_variants_reach_megatron(runs):
-    for name, (attention, recompute, _) in VARIANTS.items():
+    for name, (attention, recompute, _, _) in VARIANTS.items():
         expected = "SDPADotProductAttention" if attention == "sdpa" else "DotProductAttention"
         assert runs[name]["core"] == {expected}, name
         assert runs[name]["granularity"] == (None if recompute == "none" else recompute), name

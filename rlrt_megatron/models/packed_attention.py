@@ -1,0 +1,205 @@
+"""Causal attention over packed sequences (THD), with or without context parallelism. Pure torch.
+
+A packed micro-batch is one row of ``t`` tokens holding several sequences back to back;
+``cu_seqlens`` [n + 1] (int) gives their boundaries. Attention must stay inside each sequence and
+be causal there: token i of sequence s sees tokens 0..i of s and nothing of the other sequences.
+
+Without context parallelism (:func:`packed_causal_attention`) each sequence is one
+``scaled_dot_product_attention(is_causal=True)`` call: fused kernels on CUDA and CPU, no [t, t]
+mask and no score matrix kept (sequences of equal length share one batched call).
+
+With context parallelism over C ranks (:func:`context_parallel_causal_attention`) every
+sequence (padded to a multiple of 2C tokens, length L) is cut into 2C chunks of m = L / 2C and
+rank r holds chunks r and 2C − 1 − r (the load-balanced order of Megatron / Transformer Engine:
+each rank gets one early, cheap chunk and one late, expensive one). A rank's queries of chunk c
+(positions [c·m, (c+1)·m)) need the keys/values of positions [0, (c+1)·m) of their sequence,
+which the caller all-gathers over the CP group (see :mod:`rlrt_megatron.models.cp_comm`). Query
+i of the chunk then sees keys 0 .. c·m + i: a *lower-right aligned* causal mask of shape
+[m, (c+1)·m]. PyTorch's ``causal_lower_right`` bias runs it without a mask on CUDA (flash /
+memory-efficient kernels); on the CPU it materialises the boolean mask, so queries are processed
+in tiles of ``query_tile`` rows: the mask is at most [query_tile, L] per call, never [L, L].
+
+Shapes: q [t_q, hq, d], k / v [t_k, hk, d] with hq a multiple of hk (grouped-query attention);
+output [t_q, hq, d].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+# Query rows per call where a lower-right mask would otherwise be materialised (CPU): bounds the
+# boolean mask to QUERY_TILE × (sequence length) bytes.
+QUERY_TILE = 1024
+
+
+def _sdpa(q, k, v, *, scale: float, dropout: float, is_causal: bool = False, mask=None):
+    """SDPA on [h, s, d] tensors (adds and removes the batch dim)."""
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(0),
+        k.unsqueeze(0),
+        v.unsqueeze(0),
+        attn_mask=mask,
+        dropout_p=dropout,
+        is_causal=is_causal,
+        scale=scale,
+        enable_gqa=q.shape[0] != k.shape[0],
+    )
+    return out.squeeze(0)
+
+
+def causal_suffix_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    dropout: float = 0.0,
+    query_tile: int = QUERY_TILE,
+) -> torch.Tensor:
+    """Attention of the *last* m positions of a sequence over all of its S keys, causal.
+
+    q [h, m, d] are the queries of positions S − m .. S − 1; k, v [hk, S, d]. Query i sees keys
+    0 .. S − m + i (lower-right aligned causal mask). Returns [h, m, d].
+    """
+    m, s = q.shape[1], k.shape[1]
+    if m > s:
+        raise ValueError(f"{m} queries but only {s} keys")
+    if m == s:
+        return _sdpa(q, k, v, scale=scale, dropout=dropout, is_causal=True)
+    if q.is_cuda:
+        # Dispatched to a kernel with a built-in lower-right mask: nothing is materialised.
+        return _sdpa(q, k, v, scale=scale, dropout=dropout, mask=causal_lower_right(m, s))
+    parts = []
+    for a in range(0, m, query_tile):
+        b = min(query_tile, m - a)
+        keys = s - m + a + b  # the tile's last query sees exactly this many keys
+        parts.append(
+            _sdpa(
+                q[:, a : a + b],
+                k[:, :keys],
+                v[:, :keys],
+                scale=scale,
+                dropout=dropout,
+                mask=causal_lower_right(b, keys),
+            )
+        )
+    return torch.cat(parts, dim=1)
+
+
+def packed_causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: Sequence[int] | torch.Tensor,
+    *,
+    scale: float,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Causal attention confined to each packed sequence (no context parallelism).
+
+    q [t, hq, d], k / v [t, hk, d]; ``cu_seqlens`` [n + 1] with cu_seqlens[-1] == t.
+    Returns [t, hq, d].
+    """
+    bounds = [int(x) for x in cu_seqlens]
+    if bounds[0] != 0 or bounds[-1] != q.shape[0]:
+        raise ValueError(f"cu_seqlens (ending at {bounds[-1]}) do not cover {q.shape[0]} tokens")
+    qh, kh, vh = (x.transpose(0, 1) for x in (q, k, v))  # [h, t, d]
+    out = torch.empty_like(qh)
+    by_length: dict[int, list[int]] = {}
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        if end > start:
+            by_length.setdefault(end - start, []).append(start)
+    for length, starts in by_length.items():
+        # Equal-length sequences go through one batched call: [n, h, L, d].
+        index = torch.cat([torch.arange(s, s + length) for s in starts]).to(q.device)
+        shape = (len(starts), length)
+        qs, ks, vs = (
+            x.index_select(1, index).unflatten(1, shape).transpose(0, 1) for x in (qh, kh, vh)
+        )
+        res = F.scaled_dot_product_attention(
+            qs,
+            ks,
+            vs,
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scale,
+            enable_gqa=qh.shape[0] != kh.shape[0],
+        )  # [n, h, L, d]
+        out.index_copy_(1, index, res.transpose(0, 1).flatten(1, 2))
+    return out.transpose(0, 1)
+
+
+def cp_chunk_bounds(
+    cu_seqlens: Sequence[int] | torch.Tensor, cp_size: int, cp_rank: int
+) -> list[tuple[int, int, int]]:
+    """This rank's chunks: (sequence start, chunk index c, chunk length m) per sequence and chunk,
+    in local order (sequence by sequence; chunk ``cp_rank`` then chunk 2C − 1 − ``cp_rank``)."""
+    bounds = [int(x) for x in cu_seqlens]
+    out = []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        length = end - start
+        if length % (2 * cp_size):
+            raise ValueError(
+                f"packed sequence at {start} has {length} tokens, not a multiple of 2·CP = "
+                f"{2 * cp_size}"
+            )
+        m = length // (2 * cp_size)
+        out += [(start, cp_rank, m), (start, 2 * cp_size - 1 - cp_rank, m)]
+    return out
+
+
+def cp_local_positions(
+    cu_seqlens: Sequence[int] | torch.Tensor, cp_size: int, cp_rank: int
+) -> torch.Tensor:
+    """Global packed positions [t / C] held by ``cp_rank``, in its local order."""
+    parts = [
+        torch.arange(start + c * m, start + (c + 1) * m)
+        for start, c, m in cp_chunk_bounds(cu_seqlens, cp_size, cp_rank)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+def context_parallel_causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: Sequence[int] | torch.Tensor,
+    *,
+    cp_size: int,
+    cp_rank: int,
+    scale: float,
+    dropout: float = 0.0,
+    query_tile: int = QUERY_TILE,
+) -> torch.Tensor:
+    """Causal attention of one CP rank's packed queries over the gathered keys/values.
+
+    q [t / C, hq, d]: this rank's tokens in the load-balanced local order (see the module
+    docstring); k, v [t, hk, d]: every token of the micro-batch in the *global* packed order
+    (gathered over the CP group); ``cu_seqlens`` [n + 1]: the global boundaries, each sequence
+    a multiple of 2C. Returns [t / C, hq, d] in the local order.
+    """
+    qh, kh, vh = (x.transpose(0, 1) for x in (q, k, v))  # [h, t, d]
+    parts = []
+    offset = 0
+    for start, c, m in cp_chunk_bounds(cu_seqlens, cp_size, cp_rank):
+        if m == 0:
+            continue
+        keys = slice(start, start + (c + 1) * m)
+        parts.append(
+            causal_suffix_attention(
+                qh[:, offset : offset + m],
+                kh[:, keys],
+                vh[:, keys],
+                scale=scale,
+                dropout=dropout,
+                query_tile=query_tile,
+            )
+        )
+        offset += m
+    if offset != q.shape[0]:
+        raise ValueError(f"cu_seqlens give this rank {offset} tokens, queries have {q.shape[0]}")
+    return torch.cat(parts, dim=1).transpose(0, 1)
