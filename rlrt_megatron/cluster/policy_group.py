@@ -51,7 +51,7 @@ class PolicyGroupConfig:
         model_parallel = self.actor.parallel.model_parallel
         if self.num_ranks % model_parallel:
             raise ValueError(
-                f"num_ranks={self.num_ranks} is not a multiple of TP*PP={model_parallel}"
+                f"num_ranks={self.num_ranks} is not a multiple of TP*PP*CP={model_parallel}"
             )
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1 or None, got {self.torch_threads}")

@@ -13,7 +13,14 @@ Memory model of one actor GPU (Megatron, bf16 weights, Adam):
         8h + 6q + 6kv + 6I bytes  (norm and linear inputs, q/k/v, attention out, fc1/SwiGLU)
     divided by TP (all of it with sequence parallelism, all but the 4h of norm inputs without).
     With full recomputation only each layer's 2h-byte input is kept, plus one layer's working
-    set; logits [tokens, V/TP] in bf16 and their gradient come on top.
+    set; logits come on top: the output layer's [tokens/CP, V/TP] and the micro-batch's response
+    logits [response tokens, V/TP] (under CP every rank gathers all of them: the loss runs on
+    every CP rank), bf16, each with its gradient.
+Packing (``actor.packing``, the default): micro-batches are filled with real tokens, so
+``actor.max_tokens`` counts a rollout's student and teacher sequences (prompt + response each)
+and no compute goes to padding. Right-padded micro-batches cost (sequences) × (longest), and
+the FLOPs count the padding: each sequence is assumed padded halfway from the mean to the
+maximum length (longest-first micro-batching), an assumption printed with the plan.
 vLLM engine GPU: ``gpu_memory_utilization`` × GPU memory = weights / TP + runtime overhead + KV
 cache (K and V, bf16, per layer and KV head).
 Time: training FLOPs (6 per matmul param and token, +2 with recomputation, +2 per forward-only
@@ -70,6 +77,7 @@ class Workload:
     cp: int = 1
     dp: int
     sequence_parallel: bool
+    packing: bool = True
     distributed_optimizer: bool = True
     param_bytes: int = 2  # bf16 (4 for float32)
     micro_batch_tokens: int  # actor.max_tokens
@@ -147,6 +155,9 @@ def actor_memory(shape: ModelShape, w: Workload, a: Assumptions) -> Memory:
     master = 4 if w.param_bytes == 2 else 0
     tokens = w.micro_batch_tokens / w.cp
     by_tp, by_sp = activation_bytes_per_token_layer(shape)
+    # Without Transformer Engine, CP all-gathers each layer's K and V (bf16) for the backward:
+    # CP − 1 more rows of them per local token.
+    by_tp += 4 * shape.kv_dim * (w.cp - 1)
     per_token_layer = by_tp / w.tp + (by_sp / w.tp if w.sequence_parallel else by_sp)
     layers = math.ceil(shape.layers / w.pp)
     if a.recompute == "full":
@@ -156,7 +167,8 @@ def actor_memory(shape: ModelShape, w: Workload, a: Assumptions) -> Memory:
         activations = tokens * layers * per_token_layer
     # 1F1B: the first stage holds up to PP micro-batches' activations in flight.
     activations *= w.pp
-    logits = 2 * tokens * padded_vocab(shape.vocab, w.tp) / w.tp * 2
+    vocab = padded_vocab(shape.vocab, w.tp) / w.tp
+    logits = 2 * (tokens + response_tokens(w, a)) * vocab * 2
     return Memory(
         {
             "weights": params * w.param_bytes,
@@ -169,6 +181,36 @@ def actor_memory(shape: ModelShape, w: Workload, a: Assumptions) -> Memory:
             "runtime overhead": a.runtime_overhead_gb * GB,
         }
     )
+
+
+def response_tokens(w: Workload, a: Assumptions) -> float:
+    """Response tokens of one full micro-batch (what the loss reads), from the mean lengths:
+    a rollout puts its response through the model once, twice with a teacher view."""
+    prompt = a.mean_prompt_fraction * w.max_prompt_tokens
+    response = a.mean_response_fraction * w.max_response_tokens
+    rollout = prompt + response
+    responses = response
+    if w.needs_teacher:
+        rollout += prompt + 2 * response + TEACHER_TEMPLATE_MARGIN
+        responses += response
+    return w.micro_batch_tokens * responses / rollout
+
+
+def widest_rollout_tokens(w: Workload) -> tuple[int, str]:
+    """Micro-batch tokens the widest rollout needs (student and teacher sequence travel in one
+    micro-batch), and how they add up."""
+    student = w.max_prompt_tokens + w.max_response_tokens
+    if not w.needs_teacher:
+        return student, f"prompt {w.max_prompt_tokens} + response {w.max_response_tokens}"
+    teacher = student + w.max_response_tokens + TEACHER_TEMPLATE_MARGIN
+    how = (
+        f"student {student} + teacher {teacher} (prompt {w.max_prompt_tokens} + peer response "
+        f"{w.max_response_tokens} + template {TEACHER_TEMPLATE_MARGIN} + response "
+        f"{w.max_response_tokens})"
+    )
+    if w.packing:
+        return student + teacher, how
+    return 2 * teacher, f"2 padded rows of the teacher's {teacher} tokens"
 
 
 def engine_memory(shape: ModelShape, w: Workload, c: Cluster, a: Assumptions) -> Memory:
@@ -243,20 +285,11 @@ def check_layout(shape: ModelShape, w: Workload, c: Cluster) -> list[str]:
             f"engines×TP = {w.engines}×{w.engine_tp} = {rollout} GPUs is {actor + rollout}, but "
             f"the cluster has {c.nodes}×{c.gpus_per_node} = {total} GPUs"
         )
-    rollout_tokens = w.max_prompt_tokens + w.max_response_tokens
-    widest = rollout_tokens
-    if w.needs_teacher:  # the teacher's prompt carries a peer rollout
-        widest = w.max_prompt_tokens + 2 * w.max_response_tokens + TEACHER_TEMPLATE_MARGIN
+    widest, how = widest_rollout_tokens(w)
     if w.micro_batch_tokens < widest:
         problems.append(
-            f"actor.max_tokens={w.micro_batch_tokens} cannot hold the widest sequence: "
-            f"{widest} tokens (prompt {w.max_prompt_tokens} + response {w.max_response_tokens}"
-            + (
-                f" + peer response {w.max_response_tokens} + template {TEACHER_TEMPLATE_MARGIN}"
-                if w.needs_teacher
-                else ""
-            )
-            + ")"
+            f"actor.max_tokens={w.micro_batch_tokens} cannot hold the widest rollout: {widest} "
+            f"{'real' if w.packing else 'padded'} tokens ({how})"
         )
     return problems
 
@@ -273,10 +306,19 @@ def _step_numbers(shape: ModelShape, w: Workload, c: Cluster, a: Assumptions, kv
         # Causal attention: QK^T and AV over on average length/2 keys, 2 FLOPs per MAC.
         return 2 * matmul_params + shape.layers * 2 * length * shape.q_dim
 
-    student = sequences * seq_len * forward_flops_per_token(seq_len)
     teacher_len = prompt + 2 * response + TEACHER_TEMPLATE_MARGIN
+    # Padded micro-batches also compute on padding (module docstring): each sequence assumed
+    # padded halfway to the longest.
+    longest = w.max_prompt_tokens + w.max_response_tokens
+    student_cost = seq_len if w.packing else (seq_len + longest) / 2
+    teacher_cost = (
+        teacher_len
+        if w.packing
+        else (teacher_len + longest + w.max_response_tokens + TEACHER_TEMPLATE_MARGIN) / 2
+    )
+    student = sequences * student_cost * forward_flops_per_token(seq_len)
     teacher = (
-        sequences * teacher_len * forward_flops_per_token(teacher_len) if w.needs_teacher else 0
+        sequences * teacher_cost * forward_flops_per_token(teacher_len) if w.needs_teacher else 0
     )
     update_passes = 3 + (1 if a.recompute == "full" else 0)  # fwd + 2×bwd (+ recompute fwd)
     flops = student * (1 + update_passes) + teacher  # scoring forward, then the update

@@ -38,8 +38,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--context-parallel",
         type=int,
-        default=1,
-        help="CP of the actor for the estimate (the actor config has no CP setting yet)",
+        default=None,
+        help="CP of the actor (default: the config's actor.parallel.context_parallel)",
     )
     parser.add_argument(
         "--recompute",
@@ -59,15 +59,17 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
-def workload_from_config(config, context_parallel: int = 1) -> Workload:
-    """The sizes :func:`make_plan` needs, from a RunConfig."""
+def workload_from_config(config, context_parallel: int | None = None) -> Workload:
+    """The sizes :func:`make_plan` needs, from a RunConfig (``context_parallel`` overrides the
+    config's ``actor.parallel.context_parallel``)."""
     actor, rollout = config.actor, config.rollout
     return Workload(
         tp=actor.parallel.tensor_parallel,
         pp=actor.parallel.pipeline_parallel,
-        cp=context_parallel,
+        cp=actor.parallel.context_parallel if context_parallel is None else context_parallel,
         dp=actor.data_parallel,
         sequence_parallel=actor.sequence_parallel,
+        packing=actor.packing,
         param_bytes=actor.dtype.itemsize,
         micro_batch_tokens=actor.max_tokens,
         prompts_per_step=config.data.prompts_per_step,
@@ -96,7 +98,7 @@ def plan_from_args(args: argparse.Namespace) -> tuple[object, Plan, str]:
     except ShapeError as error:
         raise CommandError(str(error)) from None
     for flag in ("gpus_per_node", "context_parallel"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise CommandError(f"--{flag.replace('_', '-')} must be >= 1")
     workload = workload_from_config(config, args.context_parallel)
     needed = workload.tp * workload.pp * workload.cp * workload.dp
@@ -143,7 +145,8 @@ def format_plan(config, plan: Plan, source: str, full_config: bool = False) -> s
         f" FFN {s.intermediate}, vocab {s.vocab}{' (tied)' if s.tied else ''}",
         f"batch         {w.prompts_per_step} prompts × {w.rollouts_per_prompt} rollouts, "
         f"{w.mini_batches} mini-batches; prompt ≤ {w.max_prompt_tokens}, response ≤ "
-        f"{w.max_response_tokens} tokens; micro-batch {w.micro_batch_tokens} tokens",
+        f"{w.max_response_tokens} tokens; micro-batch {w.micro_batch_tokens} "
+        f"{'real tokens (packed)' if w.packing else 'padded tokens'}",
         "",
         "layout",
         f"  cluster     {c.nodes} nodes × {c.gpus_per_node} GPUs ({c.gpu_memory_gb:g} GB) = "
@@ -197,8 +200,10 @@ def format_plan(config, plan: Plan, source: str, full_config: bool = False) -> s
         "CPU; weight sync at "
         f"{a.sync_gb_s:g} GB/s; {a.runtime_overhead_gb:g} GB runtime overhead per actor GPU",
     ]
-    if w.cp > 1:
-        lines.append("  CP > 1 is an estimate only: the actor config has no context_parallel yet")
+    if not w.packing:
+        lines.append(
+            "  padded micro-batches: each sequence padded halfway from the mean to the longest"
+        )
     return "\n".join(lines)
 
 
@@ -210,7 +215,14 @@ def plan_json(config, plan: Plan, source: str) -> dict:
         "params": plan.shape.total_params,
         "nodes": plan.cluster.nodes,
         "gpus_per_node": plan.cluster.gpus_per_node,
-        "actor": {"tp": w.tp, "pp": w.pp, "cp": w.cp, "dp": w.dp, "gpus": plan.actor_gpus},
+        "actor": {
+            "tp": w.tp,
+            "pp": w.pp,
+            "cp": w.cp,
+            "dp": w.dp,
+            "gpus": plan.actor_gpus,
+            "packing": w.packing,
+        },
         "rollout": {"engines": w.engines, "tp": w.engine_tp, "gpus": plan.rollout_gpus},
         "placement": w.placement,
         "actor_memory_gb": {k: v / GB for k, v in plan.actor_memory.parts.items()},

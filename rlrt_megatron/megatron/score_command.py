@@ -1,7 +1,8 @@
 """``rlrt score``: per-token log-probs, entropies, teacher log-probs and KL of given responses.
 
-Loads a Hugging Face Qwen3 checkpoint into megatron-core at ``--tp`` × ``--pp`` (the command
-starts the TP·PP worker processes itself) and scores each input line with
+Loads a Hugging Face Qwen3 checkpoint into megatron-core at ``--tp`` × ``--pp`` × ``--cp`` (the
+command starts the TP·PP·CP worker processes itself; context parallelism splits every packed
+sequence over ``--cp`` ranks, for sequences too long for one device) and scores each input line with
 :func:`~rlrt_megatron.megatron.scoring.score_rollouts`, the same path the trainer uses for its
 old log-probs and D̄_t; so it doubles as an end-to-end check of that path against any reference.
 
@@ -207,6 +208,8 @@ def _score_worker(
     responses: list[list[int]],
     teachers: list[list[int] | None] | None,
     max_tokens: int,
+    cp: int = 1,
+    packing: bool = True,
 ) -> dict[str, list[list[float]] | None] | None:
     """One rank of ``rlrt score``; rank 0 returns the per-rollout lists (trimmed to each
     response's length), the others ``None`` (every rank holds the result; one copy is enough)."""
@@ -220,10 +223,12 @@ def _score_worker(
     from rlrt_megatron.megatron.scoring import score_rollouts
     from rlrt_megatron.models.qwen3_megatron import build_qwen3_model
 
-    initialize_parallel(ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp))
+    initialize_parallel(
+        ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp, context_parallel=cp)
+    )
     try:
         torch_dtype = torch.float32 if dtype == "float32" else torch.bfloat16
-        model = build_qwen3_model(model_dir, dtype=torch_dtype)
+        model = build_qwen3_model(model_dir, dtype=torch_dtype, packing=packing)
         for chunk in model.chunks:
             chunk.eval()
         result = score_rollouts(
@@ -267,13 +272,25 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
     parser.add_argument(
+        "--cp",
+        type=int,
+        default=1,
+        help="context-parallel size: each sequence is split over this many ranks (default 1)",
+    )
+    parser.add_argument(
+        "--no-packing",
+        action="store_true",
+        help="right-padded micro-batches instead of packed ones (not with --cp > 1)",
+    )
+    parser.add_argument(
         "--dtype", choices=_DTYPES, default="float32", help="model dtype (default float32)"
     )
     parser.add_argument(
         "--max-tokens",
         type=int,
         default=8192,
-        help="padded tokens per micro-batch, both views of a rollout counted (default 8192)",
+        help="tokens per micro-batch, both views of a rollout counted: real tokens when packed, "
+        "padded ones with --no-packing (default 8192)",
     )
     parser.add_argument(
         "--raw-prompt",
@@ -296,8 +313,12 @@ def _run_score(args: argparse.Namespace) -> int:
     from rlrt_megatron.megatron.launcher import LaunchTimeout, WorkerError, launch
     from rlrt_megatron.models.qwen3_checkpoint import CheckpointError, validate_qwen3_layout
 
-    if args.tp < 1 or args.pp < 1:
-        raise CommandError(f"--tp and --pp must be >= 1, got --tp {args.tp} --pp {args.pp}")
+    if args.tp < 1 or args.pp < 1 or args.cp < 1:
+        raise CommandError(
+            f"--tp, --pp and --cp must be >= 1, got --tp {args.tp} --pp {args.pp} --cp {args.cp}"
+        )
+    if args.cp > 1 and args.no_packing:
+        raise CommandError("--cp > 1 splits packed sequences: it cannot be used with --no-packing")
     if args.max_tokens < 1:
         raise CommandError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     for field in ("{prompt}", "{context}"):
@@ -320,21 +341,28 @@ def _run_score(args: argparse.Namespace) -> int:
         )
     except ScoreInputError as error:
         raise CommandError(str(error)) from None
+    multiple = 2 * args.cp if args.cp > 1 else 1
     for request in requests:
-        # Unpadded form of the micro-batch planner's check, so it fails here and not in workers.
-        longest = max(len(request.prompt_ids), len(request.teacher_prompt_ids or []))
-        views = 1 if request.teacher_prompt_ids is None else 2
-        need = views * (longest + len(request.response_ids))
+        # The micro-batch planner's check, so it fails here and not in the workers.
+        views = [request.prompt_ids] + (
+            [] if request.teacher_prompt_ids is None else [request.teacher_prompt_ids]
+        )
+        lengths = [len(v) + len(request.response_ids) for v in views]
+        if args.no_packing:
+            need = len(lengths) * max(lengths)
+        else:
+            need = sum(-(-n // multiple) * multiple for n in lengths)
         if need > args.max_tokens:
             raise CommandError(
                 f"{args.data}:{request.line}: needs {need} tokens in one micro-batch, more than "
                 f"--max-tokens {args.max_tokens}"
             )
     teachers = [r.teacher_prompt_ids for r in requests]
-    nprocs = args.tp * args.pp
+    nprocs = args.tp * args.pp * args.cp
     print(
         f"scoring {len(requests)} rollouts with {model_dir} at TP={args.tp} PP={args.pp} "
-        f"({nprocs} processes, {args.dtype})"
+        f"CP={args.cp} ({nprocs} processes, {args.dtype}, "
+        f"{'padded' if args.no_packing else 'packed'})"
     )
     try:
         results = launch(
@@ -348,6 +376,8 @@ def _run_score(args: argparse.Namespace) -> int:
             [r.response_ids for r in requests],
             teachers if any(t is not None for t in teachers) else None,
             args.max_tokens,
+            args.cp,
+            not args.no_packing,
             timeout_s=args.timeout,
         )
     except (WorkerError, LaunchTimeout) as error:
@@ -375,7 +405,7 @@ def _run_score(args: argparse.Namespace) -> int:
 register_command(
     "score",
     "per-token log-probs, entropies and (with a teacher context) teacher log-probs and KL of "
-    "given responses, with a HF Qwen3 checkpoint loaded at --tp/--pp",
+    "given responses, with a HF Qwen3 checkpoint loaded at --tp/--pp/--cp",
     _add_score_arguments,
     _run_score,
 )

@@ -61,11 +61,15 @@ class OptimizerSection:
 class ActorSection:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data_parallel: int = 1
-    """DP size: the actor runs TP × PP × DP ranks."""
+    """DP size: the actor runs TP × PP × CP × DP ranks."""
     dtype: torch.dtype = torch.bfloat16
     sequence_parallel: bool = False
     max_tokens: int = 8192
-    """Padded-token budget of a micro-batch (scoring and update)."""
+    """Token budget of a micro-batch (scoring and update): real tokens when packing, else
+    padded tokens (sequences × longest)."""
+    packing: bool = True
+    """Packed micro-batches (sequences back to back, attention and RoPE per sequence); needs
+    attention sdpa/te; required for context parallelism (parallel.context_parallel)."""
     mini_batches: int = 2
     """Optimizer steps per RL step (Table 5: 256 prompts × 8 / mini-batch 128 prompts = 2)."""
     teacher_weights: Literal["behavior", "current", "initial", "ema"] = "behavior"

@@ -35,6 +35,7 @@ def actor_config(config: RunConfig) -> ActorConfig:
         dtype=config.actor.dtype,
         sequence_parallel=config.actor.sequence_parallel,
         max_tokens=config.actor.max_tokens,
+        packing=config.actor.packing,
         teacher_weights=config.actor.teacher_weights,
         ema_rate=config.actor.ema_rate,
         temperature=config.rollout.temperature,
@@ -69,11 +70,11 @@ def _eval_tokens(config: RunConfig) -> int:
 
 
 def build_placement(config: RunConfig) -> Placement:
-    """The policy group (TP × PP × DP Megatron ranks) and the engine pool, placed per config."""
-    p = config.actor.parallel
+    """The policy group (TP × PP × CP × DP Megatron ranks) and the engine pool, placed per
+    config."""
     policy = PolicyGroupConfig(
         actor=actor_config(config),
-        num_ranks=p.tensor_parallel * p.pipeline_parallel * config.actor.data_parallel,
+        num_ranks=config.actor.parallel.model_parallel * config.actor.data_parallel,
         cpus_per_rank=config.actor.cpus_per_rank,
         gpus_per_rank=config.actor.gpus_per_rank,
     )

@@ -3,6 +3,7 @@ with the reason; the shape table and the memory arithmetic match hand-computed v
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -68,7 +69,7 @@ def test_text_output_names_layout_memory_and_assumptions(capsys):
     for needle in (
         "Qwen3-8B (built-in Qwen3 table)",
         "2 nodes × 8 GPUs",
-        "TP 4 × PP 1 × CP 1 × DP 2 = 8 GPUs",
+        "TP 4 × PP 1 × CP 2 × DP 1 = 8 GPUs",
         "4 vLLM engines × TP 2 = 8 GPUs",
         "disaggregated",
         "optimizer (Adam fp32 master + m + v)",
@@ -82,7 +83,7 @@ def test_text_output_names_layout_memory_and_assumptions(capsys):
 def test_full_config_prints_the_resolved_config(capsys):
     assert main(["plan", str(PAPER["qwen3_4b_base/sdpo"]), "--full-config"]) == 0
     out = capsys.readouterr().out
-    assert "resolved config:" in out and "method: sdpo" in out and "max_tokens: 88064" in out
+    assert "resolved config:" in out and "method: sdpo" in out and "max_tokens: 66560" in out
 
 
 def test_tensor_parallel_three_is_refused(capsys):
@@ -108,12 +109,17 @@ def test_tensor_parallel_three_is_refused(capsys):
                 "rollout.placement=colocated",
                 "rollout.tensor_parallel=1",
                 "rollout.num_engines=16",
-                "actor.data_parallel=4",
+                "actor.data_parallel=2",
             ],
             ["--nodes", "2"],
             "lower rollout.gpu_memory_utilization to at most",
         ),
-        (["actor.max_tokens=16384"], [], "cannot hold the widest sequence"),
+        (["actor.max_tokens=16384"], [], "cannot hold the widest rollout: 66560 real tokens"),
+        (
+            ["actor.max_tokens=66560", "actor.packing=false"],
+            [],
+            "cannot hold the widest rollout: 88064 padded tokens",
+        ),
         (["rollout.gpu_memory_utilization=0.1"], [], "KV cache"),
         ([], ["--recompute", "none"], "over the 80 GB"),
         ([], ["--nodes", "3"], "the cluster has 3×8 = 24 GPUs"),
@@ -133,7 +139,7 @@ def test_colocated_layout_shares_the_actor_gpus(capsys):
         "rollout.placement=colocated",
         "rollout.tensor_parallel=1",
         "rollout.num_engines=16",
-        "actor.data_parallel=4",
+        "actor.data_parallel=2",
         "rollout.gpu_memory_utilization=0.5",
         "--nodes",
         "2",
@@ -221,9 +227,40 @@ def test_memory_arithmetic_by_hand():
     assert memory["activations (full recompute)"] == pytest.approx(
         88064 * (36 * kept + per_layer_token)
     )
-    assert memory["logits + grad (bf16)"] == pytest.approx(2 * 88064 * vocab / 4 * 2)
+    # Packed micro-batch: the output layer's logits plus the gathered response logits. Mean
+    # rollout (prompt 512, response 10240) with its teacher: 512 + 10240 + 512 + 2·10240 + 1024
+    # = 32768 tokens, 20480 of them response tokens.
+    responses = 88064 * 20480 / 32768
+    assert memory["logits + grad (bf16)"] == pytest.approx(2 * (88064 + responses) * vocab / 4 * 2)
+    cp2 = actor_memory(shape, dataclasses.replace(workload, cp=2, dp=1), Assumptions()).parts
+    gathered_kv = 4 * kv * 1 / 4  # K and V of the other CP rank, bf16, split by TP
+    assert cp2["activations (full recompute)"] == pytest.approx(
+        88064 / 2 * (36 * kept + per_layer_token + gathered_kv)
+    )
+    assert cp2["optimizer (Adam fp32 master + m + v)"] == pytest.approx(12 * params / 2)
     plan = make_plan(shape, workload, Cluster(nodes=2))
     assert plan.ok
     kv_per_gpu = 2 * 36 * 8 * 128 * 2 / 2
     engine_budget = 0.85 * 80 * GB - shape.total_params * 2 / 2 - 2 * GB
     assert plan.kv_tokens_per_engine == math.floor(engine_budget / kv_per_gpu)
+
+
+def test_context_parallel_comes_from_the_config_and_the_flag_overrides_it(capsys):
+    code, plan, _ = _plan_json(capsys, str(PAPER["qwen3_8b_base/rlrt"]))
+    assert code == 0 and plan["actor"]["cp"] == 2 and plan["actor"]["packing"] is True
+    code, plan, _ = _plan_json(
+        capsys,
+        str(PAPER["qwen3_8b_base/rlrt"]),
+        "actor.data_parallel=2",
+        "--context-parallel",
+        "1",
+    )
+    assert code == 0 and plan["actor"]["cp"] == 1 and plan["actor"]["gpus"] == 8
+
+
+def test_padded_micro_batches_cost_more_flops_than_packed(capsys):
+    _, packed, _ = _plan_json(capsys, str(PAPER["qwen3_8b_base/rlrt"]))
+    _, padded, _ = _plan_json(
+        capsys, str(PAPER["qwen3_8b_base/rlrt"]), "actor.packing=false", "actor.max_tokens=88064"
+    )
+    assert padded["step"]["train_flops"] > 1.2 * packed["step"]["train_flops"]

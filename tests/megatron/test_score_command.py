@@ -132,18 +132,24 @@ def score_inputs(tmp_path_factory, tiny_qwen3_dir, tiny_qwen3_untied_dir):
 
 @pytest.mark.distributed
 @pytest.mark.parametrize(
-    ("model", "tp", "pp"),
-    [("tied", 1, 1), ("tied", 2, 1), ("tied", 1, 2), ("untied", 1, 1)],
-    ids=["tied-tp1", "tied-tp2", "tied-pp2", "untied-tp1"],
+    ("model", "tp", "pp", "cp"),
+    [
+        ("tied", 1, 1, 1),
+        ("tied", 2, 1, 1),
+        ("tied", 1, 2, 1),
+        ("untied", 1, 1, 1),
+        ("tied", 1, 1, 2),
+    ],
+    ids=["tied-tp1", "tied-tp2", "tied-pp2", "untied-tp1", "tied-cp2"],
 )
-def test_score_matches_hf(score_inputs, model, tp, pp, capsys):
+def test_score_matches_hf(score_inputs, model, tp, pp, cp, capsys):
     folder, refs = score_inputs[model]
-    output = score_inputs["folder"] / f"out-{model}-tp{tp}-pp{pp}.jsonl"
+    output = score_inputs["folder"] / f"out-{model}-tp{tp}-pp{pp}-cp{cp}.jsonl"
     argv = ["score", "--model", str(folder), "--data", str(score_inputs["data"])]
-    argv += ["--output", str(output), "--tp", str(tp), "--pp", str(pp), "--timeout", "300"]
-    assert main(argv) == 0, capsys.readouterr().err
+    argv += ["--output", str(output), "--tp", str(tp), "--pp", str(pp), "--cp", str(cp)]
+    assert main([*argv, "--timeout", "300"]) == 0, capsys.readouterr().err
     diff = _max_diff(output, refs)
-    print(f"max |diff| vs HF ({model}, TP={tp}, PP={pp}): {diff:.3g}")
+    print(f"max |diff| vs HF ({model}, TP={tp}, PP={pp}, CP={cp}): {diff:.3g}")
     assert diff <= TOLERANCE
 
 
@@ -210,6 +216,10 @@ def test_bad_layout_and_budget(tmp_path, tiny_qwen3_dir, capsys):
     base += ["--output", str(tmp_path / "o.jsonl")]
     assert main([*base, "--tp", "3"]) == 1
     assert "TP=3 does not divide" in capsys.readouterr().err
+    assert main([*base, "--cp", "0"]) == 1
+    assert "must be >= 1, got --tp 1 --pp 1 --cp 0" in capsys.readouterr().err
+    assert main([*base, "--cp", "2", "--no-packing"]) == 1
+    assert "cannot be used with --no-packing" in capsys.readouterr().err
     assert main([*base, "--max-tokens", "4"]) == 1
     assert f"{data}:1: needs" in capsys.readouterr().err
     assert main([*base, "--teacher-template", "{prompt} only"]) == 1
