@@ -42,6 +42,11 @@ class DataConfig:
     max_prompt_tokens: int = 2048
     """Longer prompts (after chat templating) are dropped when the data is loaded."""
     on_bad_row: Literal["raise", "skip"] = "raise"
+    prompt_format: Literal["raw", "boxed"] = "raw"
+    """Answer instruction of the training prompts (`rlrt_megatron.data.prompt_format`): raw keeps
+    the file's; boxed rewrites DAPO-Math-17k's "Answer: $Answer" instruction to "... put your final
+    answer within \\boxed{}." (the paper's form; any other prompt is a bad row). Eval files are
+    used as they are."""
     seed: int = 0
     """Shuffling seed of the prompt order (each epoch is reshuffled)."""
 

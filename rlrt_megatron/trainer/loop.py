@@ -222,7 +222,9 @@ def train(config: RunConfig) -> dict[str, Any]:
         on_bad_row=config.data.on_bad_row,
         enable_thinking=config.model.enable_thinking,
     )
-    train_prompts, data_counts = load_prompts(config.data.train_files, tokenizer, **load)
+    train_prompts, data_counts = load_prompts(
+        config.data.train_files, tokenizer, prompt_format=config.data.prompt_format, **load
+    )
     eval_prompts = (
         load_prompts(config.data.eval_files, tokenizer, **load)[0] if config.data.eval_files else []
     )
