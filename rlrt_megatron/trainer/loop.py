@@ -116,6 +116,7 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
         response_mask=scores.response_mask,
         has_teacher=plan.rows,
         lam=lam,
+        student_entropy=scores.student_entropy,  # GRPO+EB's advantage-form entropy term
     )
     engine_logprobs = rollouts.padded(lambda s: s.logprobs)
     batch = TrainBatch(
