@@ -56,6 +56,9 @@ class OptimizerSection:
     lr: float | None = None
     """Peak learning rate; None: the method's default (1e-6 GRPO/RLRT/RLSD, 1e-5 SDPO, ...)."""
     warmup_steps: int = 10
+    schedule_unit: Literal["rl_step", "optimizer_step"] = "rl_step"
+    """What warmup_steps counts: RL steps (the paper's Table 5 / verl; the LR is constant within
+    a step) or optimizer steps (mini-batches). See rlrt_megatron/megatron/optimizer.py."""
     weight_decay: float = 0.01
     clip_grad: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)

@@ -27,6 +27,7 @@ def actor_config(config: RunConfig) -> ActorConfig:
         optimizer=AdamWConfig(
             lr=config.lr,
             warmup_steps=opt.warmup_steps,
+            schedule_unit=opt.schedule_unit,
             weight_decay=opt.weight_decay,
             betas=opt.betas,
             eps=opt.eps,

@@ -75,6 +75,7 @@ def _check_table5(c: RunConfig) -> None:
     assert c.data.prompts_per_step // c.actor.mini_batches == 128
     opt = c.actor.optimizer
     assert (opt.warmup_steps, opt.weight_decay, opt.clip_grad) == (10, 0.01, 1.0)
+    assert opt.schedule_unit == "rl_step"  # 10 RL steps of warm-up, as verl counts them
     a = c.algorithm
     assert (a.clip_low, a.clip_high, a.rollout_is_clip, a.aggregation) == (
         0.2,
