@@ -232,3 +232,21 @@ def test_paper_data_and_reward_path_on_dapo_rows(tmp_path: Path) -> None:
         assert grade(f"So the result is \\boxed{{{answer}}}.", truth) == (1.0, "correct")
         assert grade("So the result is \\boxed{1000}.", truth) == (0.0, "wrong")
         assert grade(f"Working it out.\nAnswer: {answer}", truth) == (0.0, "no_answer")
+
+
+def test_readme_table_names_only_real_config_keys() -> None:
+    import dataclasses
+    import re
+    import typing
+
+    text = (PAPER / "README.md").read_text()
+    table = text[text.index("## Paper setting → config key → value") :]
+    sections = "data|model|actor|rollout|reward|eval|trainer|algorithm"
+    keys = set(re.findall(rf"`((?:{sections})\.[a-z_.]+)`", table))
+    assert {"data.prompt_format", "actor.optimizer.schedule_unit", "algorithm.entropy_form"} <= keys
+    for key in sorted(keys):
+        cls = RunConfig
+        for part in key.split("."):
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            assert part in fields, f"README names {key!r}: no field {part!r} in {cls.__name__}"
+            cls = typing.get_type_hints(cls)[part]
