@@ -52,7 +52,9 @@ def test_algorithm_defaults_come_from_the_registry():
     assert constant.value(1000) == 0.5
     rlrt = AlgorithmConfig(method="rlrt", eps_w=0.5)
     assert rlrt.weight_clip == 0.5 and rlrt.schedule().value(1000) == 0.5
-    assert AlgorithmConfig(method="grpo_eb").loss_config().entropy_coef == 1e-3
+    # GRPO+EB: the advantage form by default (no loss term); the loss form keeps c_H 1e-3.
+    assert AlgorithmConfig(method="grpo_eb").loss_config().entropy_coef == 0.0
+    assert AlgorithmConfig(method="grpo_eb", entropy_form="loss").loss_config().entropy_coef == 1e-3
     assert AlgorithmConfig(method="srpo").resolved()["lr"] == 5e-6
 
 

@@ -7,6 +7,7 @@ from rlrt_megatron.algorithms.distillation import (
     srpo_token_weights,
     topk_with_tail,
 )
+from rlrt_megatron.algorithms.entropy_advantage import entropy_shaped_advantages
 from rlrt_megatron.algorithms.losses import entropy_bonus, policy_loss, rollout_importance_weights
 from rlrt_megatron.algorithms.metrics import avg_at_k, mean_pass_at_k, pass_at_k, results_row
 from rlrt_megatron.algorithms.objective import DistillInputs, LossConfig, method_loss
@@ -32,6 +33,7 @@ __all__ = [
     "avg_at_k",
     "distillation_rows",
     "entropy_bonus",
+    "entropy_shaped_advantages",
     "generalized_js",
     "get_method",
     "group_advantages",

@@ -31,8 +31,15 @@ class AlgorithmConfig:
     """Linear warm-up of λ from 0 over this many steps."""
     eps_w: float | None = None
     """Clip radius ε_w of the token weight (None: method default)."""
+    entropy_form: Literal["advantage", "loss"] | None = None
+    """GRPO+EB's bonus: "advantage" (Cheng et al.'s A_t + min(α·H_t, |A_t|/κ), the default) or
+    "loss" (−entropy_coef·mean H_t). None: the method's default."""
+    entropy_alpha: float | None = None
+    """α of the advantage form (None: 0.4)."""
+    entropy_kappa: float | None = None
+    """κ of the advantage form, > 1 (None: 2.0)."""
     entropy_coef: float | None = None
-    """Entropy-bonus coefficient, GRPO+EB only (None: method default)."""
+    """Coefficient of the loss form, GRPO+EB with entropy_form loss only (None: 1e-3)."""
     distill_topk: int | None = None
     """Top-k of the distillation loss (None: 100)."""
     distill_alpha: float | None = None
@@ -52,6 +59,14 @@ class AlgorithmConfig:
             ("lam_decay_steps", self.lam_decay_steps, lambda v: v >= 0, ">= 0"),
             ("lam_warmup_steps", self.lam_warmup_steps, lambda v: v >= 0, ">= 0"),
             ("eps_w", self.eps_w, lambda v: v >= 0, ">= 0"),
+            (
+                "entropy_form",
+                self.entropy_form,
+                lambda v: v in ("advantage", "loss"),
+                "'advantage' or 'loss'",
+            ),
+            ("entropy_alpha", self.entropy_alpha, lambda v: v >= 0, ">= 0"),
+            ("entropy_kappa", self.entropy_kappa, lambda v: v > 1, "> 1"),
             ("entropy_coef", self.entropy_coef, lambda v: v >= 0, ">= 0"),
             ("distill_topk", self.distill_topk, lambda v: v >= 1, ">= 1"),
             ("distill_alpha", self.distill_alpha, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
@@ -88,13 +103,22 @@ class AlgorithmConfig:
             self._default("lam_init"), decay_steps=decay or None, warmup_steps=self.lam_warmup_steps
         )
 
+    @property
+    def entropy_advantage(self) -> tuple[float, float] | None:
+        """(α, κ) when the method's entropy bonus goes into the advantage, else None."""
+        if not self.spec.needs_student_entropy or self._default("entropy_form") != "advantage":
+            return None
+        return self._default("entropy_alpha"), self._default("entropy_kappa")
+
     def loss_config(self) -> LossConfig:
+        # The loss-form coefficient only where that form is chosen: the advantage form replaces it.
+        loss_form = self.spec.needs_student_entropy and self._default("entropy_form") == "loss"
         return LossConfig(
             clip_low=self.clip_low,
             clip_high=self.clip_high,
             rollout_is_clip=self.rollout_is_clip,
             aggregation=self.aggregation,
-            entropy_coef=self._default("entropy_coef"),
+            entropy_coef=self._default("entropy_coef") if loss_form else 0.0,
             distill_alpha=self._default("distill_alpha"),
         )
 
@@ -105,6 +129,9 @@ class AlgorithmConfig:
             "lam_init",
             "lam_decay_steps",
             "eps_w",
+            "entropy_form",
+            "entropy_alpha",
+            "entropy_kappa",
             "entropy_coef",
             "distill_topk",
             "distill_alpha",

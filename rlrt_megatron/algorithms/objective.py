@@ -7,7 +7,9 @@
 with N the number of response tokens of the rows that carry a term (SRPO's shared token-mean,
 arXiv 2604.02288 Eq. 9; for a single-term method it is the plain token-mean), ℓ^PG the DAPO
 surrogate on the token advantages, ℓ^SD the SDPO generalized JS (SRPO: times its entropy weights),
-and the entropy bonus only where the method asks for it (GRPO+EB).
+and the entropy bonus only where the method asks for it (GRPO+EB with ``entropy_form: loss``;
+its default advantage form, Cheng et al.'s A_t + min(α·H_t, |A_t|/κ), is already in the token
+advantages: `rlrt_megatron.algorithms.entropy_advantage`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class LossConfig:
     """Truncation C of the rollout importance weight; None disables the correction."""
     aggregation: Aggregation = "token-mean"
     entropy_coef: float = 0.0
-    """Entropy-bonus coefficient; used only by methods with ``needs_student_entropy``."""
+    """Coefficient of the loss-form entropy bonus; used only by methods with
+    ``needs_student_entropy`` (0 when GRPO+EB uses the advantage form, `entropy_advantage`)."""
     distill_alpha: float = 0.5
     distill_is_clip: float | None = 2.0
     """Truncation of the off-policy ratio π/π_old inside the distillation loss."""
@@ -150,7 +153,7 @@ def method_loss(
             metrics["distill_tokens"] = float(sd_mask.sum().item())
 
     loss = aggregate(per_token, active, config.aggregation, normalizer)
-    if spec.needs_student_entropy:
+    if spec.needs_student_entropy and config.entropy_coef > 0:  # GRPO+EB's loss form
         if entropy is None:
             raise ValueError(f"method {spec.name!r} needs the per-token `entropy`")
         loss = loss + entropy_bonus(

@@ -8,7 +8,10 @@ shared/DESIGN.md §1). The trainer reads these fields; it never branches on a me
 
 Methods:
   grpo      group-relative advantage on every token (the DAPO surrogate, no std-normalization).
-  grpo_eb   GRPO plus an entropy bonus (the paper's exploration baseline).
+  grpo_eb   GRPO plus an entropy bonus (the paper's exploration baseline, its reference [3]):
+            by default Cheng et al.'s detached, clipped entropy term in the advantage,
+            A_t' = A_t + min(α·H_t, |A_t|/κ) (`entropy_advantage`); ``entropy_form: loss`` is the
+            classic maximum-entropy loss term −c_H·mean(H_t) instead.
   diver     GRPO on rewards shaped by a group-diversity bonus on correct rollouts (DIVER).
   rlrt      RLVR with Reversed Teacher: on correct rollouts with a correct *peer* as the teacher's
             context, A_t = A·[(1−λ) + λ·clip(exp(sign(A)·D_t), 1−ε_w, 1+ε_w)]; wrong rows keep A.
@@ -48,8 +51,15 @@ class MethodDefaults:
     """Linear decay of λ to 0 over this many steps; None keeps λ constant."""
     eps_w: float = 0.0
     """Clip radius of the token weight: w ∈ [1−ε_w, 1+ε_w]."""
+    entropy_form: Literal["advantage", "loss"] = "advantage"
+    """How an entropy-bonus method (``needs_student_entropy``) adds it: "advantage" (Cheng et al.,
+    A_t' = A_t + min(α·H_t, |A_t|/κ), the reference form) or "loss" (−c_H·mean(H_t))."""
+    entropy_alpha: float = 0.4
+    """α of the advantage form (Cheng et al.)."""
+    entropy_kappa: float = 2.0
+    """κ of the advantage form: the term stays below |A_t|/κ."""
     entropy_coef: float = 0.0
-    """Entropy-bonus coefficient (GRPO+EB)."""
+    """c_H of the loss form (GRPO+EB with ``entropy_form: loss``)."""
     distill_topk: int = 100
     """Top-k of the student's distribution used by the distillation loss (plus one tail bucket)."""
     distill_alpha: float = 0.5
@@ -79,7 +89,9 @@ class MethodSpec:
     distillation_rows: RowSet = "none"
     """Rows (among those with a teacher) that get the distillation loss."""
     needs_student_entropy: bool = False
-    """Per-token entropy of the current policy, with gradient (entropy bonus)."""
+    """The method has an entropy bonus (GRPO+EB): in the advantage form it reads the scoring
+    pass's per-token entropy (no gradient); in the loss form the current policy's, with
+    gradient."""
     needs_teacher_entropy: bool = False
     """Per-token entropy of the teacher view, no gradient (SRPO's dynamic weight)."""
     reward_shaping: Literal["none", "diversity"] = "none"
@@ -117,8 +129,16 @@ METHODS: dict[str, MethodSpec] = {
             name="grpo_eb",
             teacher_context="none",
             needs_student_entropy=True,
-            # The paper's Table 5 gives no bonus coefficient; 1e-3 is the common verl setting.
-            defaults=MethodDefaults(normalize_by_std=False, lr=1e-6, entropy_coef=1e-3),
+            # The paper's Table 5 gives no coefficient. Default: its reference [3]'s advantage
+            # form with α 0.4, κ 2; the loss form's c_H 1e-3 is the common verl setting.
+            defaults=MethodDefaults(
+                normalize_by_std=False,
+                lr=1e-6,
+                entropy_form="advantage",
+                entropy_alpha=0.4,
+                entropy_kappa=2.0,
+                entropy_coef=1e-3,
+            ),
         ),
         _spec(
             name="diver",

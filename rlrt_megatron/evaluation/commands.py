@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from rlrt_megatron.cli import CommandError, register_command
 from rlrt_megatron.evaluation.runner import (
@@ -24,18 +25,27 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", required=True, nargs="+", help="benchmark files (.jsonl / .parquet)"
     )
-    parser.add_argument("--n", type=int, default=16, help="samples per problem (default 16)")
     parser.add_argument("--output", required=True, type=Path, help="output folder (resumable)")
-    paper = "(default %(default)s, the paper's evaluation setting)"
-    parser.add_argument("--max-tokens", type=int, default=PAPER_MAX_TOKENS, help=paper)
-    parser.add_argument("--temperature", type=float, default=PAPER_TEMPERATURE, help=paper)
-    parser.add_argument("--top-p", type=float, default=PAPER_TOP_P, help=paper)
-    parser.add_argument("--top-k", type=int, default=PAPER_TOP_K, help=paper)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="a run config (e.g. configs/paper/qwen3_8b_no_think/rlrt.yaml): its "
+        "model.enable_thinking and eval section (n, temperature, top_p, top_k, "
+        "max_response_tokens) become the defaults of the options below",
+    )
+    paper = "(default: --config's, else %s, the paper's evaluation setting)"
+    parser.add_argument("--n", type=int, help=paper % 16)
+    parser.add_argument("--max-tokens", type=int, help=paper % PAPER_MAX_TOKENS)
+    parser.add_argument("--temperature", type=float, help=paper % PAPER_TEMPERATURE)
+    parser.add_argument("--top-p", type=float, help=paper % PAPER_TOP_P)
+    parser.add_argument("--top-k", type=int, help=paper % PAPER_TOP_K)
     parser.add_argument(
         "--thinking",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="Qwen3 chat template enable_thinking (default: the template's own default)",
+        help="Qwen3 chat template enable_thinking (default: --config's model.enable_thinking, "
+        "else the run's own config.yaml when --model is a run or its checkpoint, else the "
+        "template's default; the paper's Qwen3-8B runs use --no-thinking)",
     )
     parser.add_argument("--seed", type=int, default=0, help="problem i is sampled with seed+i")
     parser.add_argument(
@@ -65,7 +75,70 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def run_config_path(model_folder: Path) -> Path | None:
+    """The ``config.yaml`` of the run that wrote ``model_folder``, when it is a training
+    checkpoint's HF export (``<run>/checkpoints/step_N/hf``) and the run saved one; else None."""
+    step = model_folder.parent
+    if model_folder.name != "hf" or not step.name.startswith("step_"):
+        return None
+    if step.parent.name != "checkpoints":
+        return None
+    path = step.parent.parent / "config.yaml"
+    return path if path.is_file() else None
+
+
+def eval_settings(args: argparse.Namespace, run: Any | None, trained: Any | None) -> dict:
+    """The sampling settings of an evaluation, each from the first that gives it: the command
+    line, ``run`` (``--config``: its eval section and model.enable_thinking), ``trained`` (the
+    evaluated run's own config: its model.enable_thinking only, the chat template it trained
+    with), the paper's evaluation setting."""
+    values = {
+        "n": 16,
+        "temperature": PAPER_TEMPERATURE,
+        "top_p": PAPER_TOP_P,
+        "top_k": PAPER_TOP_K,
+        "max_tokens": PAPER_MAX_TOKENS,
+        "enable_thinking": None,
+    }
+    if trained is not None:
+        values["enable_thinking"] = trained.model.enable_thinking
+    if run is not None:
+        e = run.eval
+        values.update(
+            n=e.n,
+            temperature=e.temperature,
+            top_p=e.top_p,
+            top_k=e.top_k,
+            max_tokens=e.max_response_tokens,
+            enable_thinking=run.model.enable_thinking,
+        )
+    given = {
+        "n": args.n,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "max_tokens": args.max_tokens,
+        "enable_thinking": args.thinking,
+    }
+    values.update({k: v for k, v in given.items() if v is not None})
+    return values
+
+
+def _run_configs(args: argparse.Namespace) -> tuple[Any | None, Any | None]:
+    """(``--config``'s run config or None, the evaluated run's own config or None)."""
+    from rlrt_megatron.megatron.checkpoint import CheckpointLoadError, resolve_hf_model
+    from rlrt_megatron.trainer.config import load_run_config
+
+    run = load_run_config(args.config) if args.config is not None else None
+    try:
+        own = run_config_path(resolve_hf_model(args.model))
+    except CheckpointLoadError:
+        own = None  # evaluate_model reports the bad model path
+    return run, (load_run_config(own) if own is not None else None)
+
+
 def _run_eval(args: argparse.Namespace) -> int:
+    from rlrt_megatron.configuration import ConfigError
     from rlrt_megatron.evaluation.benchmarks import BenchmarkError
     from rlrt_megatron.evaluation.evaluate import EngineSettings, evaluate_model
     from rlrt_megatron.evaluation.model import ModelFolderError
@@ -74,13 +147,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     try:
         config = EvalConfig(
-            n=args.n,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            max_tokens=args.max_tokens,
+            **eval_settings(args, *_run_configs(args)),
             seed=args.seed,
-            enable_thinking=args.thinking,
             reward=args.reward,
         )
         engine = EngineSettings(
@@ -106,7 +174,14 @@ def _run_eval(args: argparse.Namespace) -> int:
             num_cpus=args.num_cpus,
             progress=not args.no_progress,
         )
-    except (BenchmarkError, ModelFolderError, ResumeError, FileNotFoundError, ValueError) as e:
+    except (
+        BenchmarkError,
+        ConfigError,
+        ModelFolderError,
+        ResumeError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         raise CommandError(str(e)) from None
     print((args.output / "results.md").read_text(), end="")
     print(json.dumps({"output": str(args.output), "benchmarks": list(results["benchmarks"])}))

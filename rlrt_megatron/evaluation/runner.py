@@ -24,7 +24,9 @@ from rlrt_megatron.evaluation.store import (
 from rlrt_megatron.rewards.math_verifier import extract_answer_line, extract_last_boxed
 from rlrt_megatron.rollout.sampling import SamplingConfig
 
-# The paper's evaluation sampling (Qwen3's recommended thinking-mode settings) and length limit.
+# The paper's evaluation sampling and length limit (Table 1 / DESIGN.md §1): T 0.7, top-p 0.8,
+# top-k 20 are Qwen3's recommended settings for non-thinking mode (its thinking-mode ones are
+# T 0.6, top-p 0.95, top-k 20); up to 38912 response tokens.
 PAPER_TEMPERATURE, PAPER_TOP_P, PAPER_TOP_K, PAPER_MAX_TOKENS = 0.7, 0.8, 20, 38912
 
 
@@ -95,14 +97,39 @@ def encode_benchmarks(
     ]
 
 
+# Why a too-short model is refused rather than evaluated with a lower cap (issue 14, item 8).
+LENGTH_REASON = (
+    f"the paper evaluates with up to {PAPER_MAX_TOKENS} response tokens after the prompt, and a "
+    "silently lower cap would truncate long answers and change avg@n / pass@n. To run the "
+    "paper's setting, use a checkpoint whose config.json allows the length (e.g. Qwen3's "
+    "documented YaRN rope_scaling with max_position_embeddings raised to match); a lower cap "
+    "is a departure from the paper and must be asked for explicitly"
+)
+
+
 def check_prompt_lengths(prompted: Sequence[PromptedProblem], max_tokens: int, limit: int) -> None:
-    """Raise ValueError naming the longest prompt if prompt + ``max_tokens`` exceeds ``limit``."""
+    """Raise ValueError naming the longest prompt if prompt + ``max_tokens`` exceeds ``limit``
+    (never lowers the cap: `LENGTH_REASON`)."""
     worst = max(prompted, key=lambda p: len(p.ids))
     if len(worst.ids) + max_tokens > limit:
         raise ValueError(
             f"{worst.benchmark.path}: problem {worst.problem.index} has a {len(worst.ids)}-token"
-            f" prompt; with --max-tokens {max_tokens} that exceeds the model length {limit}"
-            f" (lower --max-tokens to at most {limit - len(worst.ids)})"
+            f" prompt; with --max-tokens {max_tokens} that exceeds the model length {limit}."
+            f" Refused: {LENGTH_REASON} (--max-tokens at most {limit - len(worst.ids)})"
+        )
+
+
+def check_eval_length(
+    max_prompt_tokens: int, max_tokens: int, max_positions: int | None, model: str
+) -> None:
+    """Raise ValueError if a prompt of ``max_prompt_tokens`` plus ``max_tokens`` response tokens
+    does not fit the model's ``max_positions`` (``max_position_embeddings``; None: unknown)."""
+    needed = max_prompt_tokens + max_tokens
+    if max_positions is not None and needed > max_positions:
+        raise ValueError(
+            f"{model}: evaluation needs prompt ({max_prompt_tokens}) + {max_tokens} response "
+            f"tokens = {needed} positions, but its max_position_embeddings is {max_positions}. "
+            f"Refused: {LENGTH_REASON} (eval.max_response_tokens)"
         )
 
 

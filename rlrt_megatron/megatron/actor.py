@@ -207,7 +207,9 @@ class PolicyActor:
         *,
         refresh_teacher: TeacherRefresh | None = None,
     ) -> list[dict[str, float]]:
-        """One update over ``batch``; one metrics dict per optimizer step.
+        """One update over ``batch``; one metrics dict per optimizer step. Afterwards the LR
+        schedule advances one RL step (`RLStepScheduler.end_update`; a no-op when it counts
+        optimizer steps).
 
         With ``teacher_weights="current"`` and ``refresh_teacher`` given, each mini-batch's
         teacher view is re-scored with the current weights first and ``refresh_teacher(rows,
@@ -243,7 +245,7 @@ class PolicyActor:
                 )
                 return refresh_teacher(rows, scores)
 
-        return train_step(
+        metrics = train_step(
             self.model,
             self.optimizer,
             self.scheduler,
@@ -252,6 +254,9 @@ class PolicyActor:
             before_minibatch=before,
             after_optimizer_step=self.teacher.after_optimizer_step,
         )
+        # One RL update done: the LR schedule counts RL steps by default (paper Table 5 / verl).
+        self.scheduler.end_update()
+        return metrics
 
     def export_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """``(hf_name, full tensor)`` for every weight; every rank must drain it in order."""

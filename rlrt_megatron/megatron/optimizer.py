@@ -5,8 +5,19 @@ weights) that only take effect when ``OptimizerParamScheduler.step`` writes ``lr
 ``weight_decay`` into the parameter groups; without the scheduler every group would decay. So the
 two are built together, and the scheduler has already been applied for step 0 when this returns.
 
-Training loop order (as in Megatron-LM): zero grads, forward-backward, ``optimizer.step()``, then
-``scheduler.step(1)``.
+Which steps the schedule counts (``AdamWConfig.schedule_unit``): the paper's Table 5 "warmup
+steps 10" is verl's ``lr_warmup_steps``, which counts *training (RL) steps*: verl's actor worker
+calls ``lr_scheduler.step()`` once per ``update_actor``, after all of the step's mini-batches
+(verl/workers/fsdp_workers.py), so the LR is constant within an RL step. With ``rl_step`` (the
+default) `RLStepScheduler` reproduces that: the update step's per-mini-batch ``scheduler.step(1)``
+calls are ignored and the actor calls `RLStepScheduler.end_update` once per RL update. RL step
+n (1-based) then trains every mini-batch at ``lr · min(n − 1, W) / W`` during a W-step warm-up
+(Megatron's linear warm-up from 0 at step 0, which equals verl's
+``get_constant_schedule_with_warmup``: 0 at the first step, the full LR from step W + 1), and
+any decay counts RL steps too. ``optimizer_step`` is Megatron-LM's convention (one schedule step
+per optimizer step): with 2 mini-batches per RL step a 10-step warm-up would end after 5 RL steps.
+An RL update whose optimizer steps were all skipped (non-finite gradients) still advances the
+schedule, as in verl, where the scheduler steps whatever the update did.
 """
 
 from __future__ import annotations
@@ -15,6 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch.distributed as dist
+
+ScheduleUnit = Literal["rl_step", "optimizer_step"]
+SCHEDULE_UNITS: tuple[str, ...] = ("rl_step", "optimizer_step")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +49,9 @@ class AdamWConfig:
         clip_grad: max global L2 norm of the gradients (0 disables clipping).
         use_distributed_optimizer: shard optimizer state over DP (the model must be wrapped with
             a DDP config with the same setting).
+        schedule_unit: what ``warmup_steps`` / ``decay_steps`` count: ``rl_step`` (one per RL
+            update, the paper's / verl's convention; see the module doc) or ``optimizer_step``
+            (one per mini-batch).
     """
 
     lr: float
@@ -47,8 +64,13 @@ class AdamWConfig:
     eps: float = 1e-8
     clip_grad: float = 1.0
     use_distributed_optimizer: bool = True
+    schedule_unit: ScheduleUnit = "rl_step"
 
     def __post_init__(self) -> None:
+        if self.schedule_unit not in SCHEDULE_UNITS:
+            raise ValueError(
+                f"schedule_unit must be one of {SCHEDULE_UNITS}, not {self.schedule_unit!r}"
+            )
         if not 0.0 <= self.min_lr <= self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if not 0 <= self.warmup_steps < self.decay_steps:
@@ -59,14 +81,85 @@ class AdamWConfig:
             raise ValueError("weight_decay and clip_grad must be >= 0 and eps > 0")
 
 
-def build_optimizer(model: Any, config: AdamWConfig) -> tuple[Any, Any]:
-    """Megatron optimizer and ``OptimizerParamScheduler`` for a DDP-wrapped model.
+class RLStepScheduler:
+    """Megatron's ``OptimizerParamScheduler`` advanced per RL update or per optimizer step.
+
+    The update step (`rlrt_megatron.megatron.train_step.train_step`) calls ``step(1)`` after every
+    optimizer step, the actor calls `end_update` once after each RL update; ``unit`` decides which
+    of the two advances the schedule (see the module doc). ``state_dict`` is the wrapped
+    scheduler's plus ``schedule_unit``, so that a checkpoint cannot be resumed counting the other
+    unit. Everything else (``num_steps``, ``get_lr``, ...) is the wrapped scheduler's.
+    """
+
+    def __init__(self, scheduler: Any, unit: ScheduleUnit = "rl_step") -> None:
+        if unit not in SCHEDULE_UNITS:
+            raise ValueError(f"schedule_unit must be one of {SCHEDULE_UNITS}, not {unit!r}")
+        self.scheduler = scheduler
+        self.unit = unit
+
+    def step(self, increment: int = 1) -> None:
+        """After an optimizer step: advances the schedule only when it counts optimizer steps."""
+        if self.unit == "optimizer_step":
+            self.scheduler.step(increment)
+
+    def end_update(self) -> None:
+        """After an RL update (all its mini-batches): advances the schedule by one RL step."""
+        if self.unit == "rl_step":
+            self.scheduler.step(1)
+
+    def state_dict(self) -> dict:
+        return {**self.scheduler.state_dict(), "schedule_unit": self.unit}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        # Checkpoints written before the unit was recorded counted optimizer steps.
+        saved = state.pop("schedule_unit", "optimizer_step")
+        moving = int(state.get("num_steps", 0)) > 0 and (
+            int(state.get("lr_warmup_steps", 0)) > 0 or state.get("lr_decay_style") != "constant"
+        )
+        if saved != self.unit and moving:
+            raise ValueError(
+                f"the checkpoint's LR schedule counts {saved}s (num_steps="
+                f"{state.get('num_steps')}), this run counts {self.unit}s: resume with "
+                f"actor.optimizer.schedule_unit={saved}"
+            )
+        self.scheduler.load_state_dict(state)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "scheduler":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.scheduler, name)
+
+
+def build_scheduler(optimizer: Any, config: AdamWConfig) -> RLStepScheduler:
+    """The LR / weight-decay schedule of ``optimizer`` (anything with ``param_groups``), applied
+    for step 0; see `RLStepScheduler` for what its steps count."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if config.warmup_steps else config.lr,
+        max_lr=config.lr,
+        min_lr=config.min_lr,
+        lr_warmup_steps=config.warmup_steps,
+        lr_decay_steps=config.decay_steps,
+        lr_decay_style=config.decay_style,
+        start_wd=config.weight_decay,
+        end_wd=config.weight_decay,
+        wd_incr_steps=config.decay_steps,
+        wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=False,
+    )
+    return RLStepScheduler(scheduler, config.schedule_unit)
+
+
+def build_optimizer(model: Any, config: AdamWConfig) -> tuple[Any, RLStepScheduler]:
+    """Megatron optimizer and its schedule (`build_scheduler`) for a DDP-wrapped model.
 
     ``model`` is a :class:`~rlrt_megatron.models.qwen3_megatron.Qwen3MegatronModel` built with
     ``wrap_with_ddp=True``.
     """
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     ddp_config = getattr(model.chunks[0], "ddp_config", None)
     if ddp_config is None:
@@ -97,18 +190,4 @@ def build_optimizer(model: Any, config: AdamWConfig) -> tuple[Any, Any]:
         # backend is not gloo already.
         use_gloo_process_groups=dist.get_backend() != "gloo",
     )
-    scheduler = OptimizerParamScheduler(
-        optimizer,
-        init_lr=0.0 if config.warmup_steps else config.lr,
-        max_lr=config.lr,
-        min_lr=config.min_lr,
-        lr_warmup_steps=config.warmup_steps,
-        lr_decay_steps=config.decay_steps,
-        lr_decay_style=config.decay_style,
-        start_wd=config.weight_decay,
-        end_wd=config.weight_decay,
-        wd_incr_steps=config.decay_steps,
-        wd_incr_style="constant",
-        use_checkpoint_opt_param_scheduler=False,
-    )
-    return optimizer, scheduler
+    return optimizer, build_scheduler(optimizer, config)

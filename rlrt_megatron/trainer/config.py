@@ -42,6 +42,11 @@ class DataConfig:
     max_prompt_tokens: int = 2048
     """Longer prompts (after chat templating) are dropped when the data is loaded."""
     on_bad_row: Literal["raise", "skip"] = "raise"
+    prompt_format: Literal["raw", "boxed"] = "raw"
+    """Answer instruction of the training prompts (`rlrt_megatron.data.prompt_format`): raw keeps
+    the file's; boxed rewrites DAPO-Math-17k's "Answer: $Answer" instruction to "... put your final
+    answer within \\boxed{}." (the paper's form; any other prompt is a bad row). Eval files are
+    used as they are."""
     seed: int = 0
     """Shuffling seed of the prompt order (each epoch is reshuffled)."""
 
@@ -51,6 +56,9 @@ class OptimizerSection:
     lr: float | None = None
     """Peak learning rate; None: the method's default (1e-6 GRPO/RLRT/RLSD, 1e-5 SDPO, ...)."""
     warmup_steps: int = 10
+    schedule_unit: Literal["rl_step", "optimizer_step"] = "rl_step"
+    """What warmup_steps counts: RL steps (the paper's Table 5 / verl; the LR is constant within
+    a step) or optimizer steps (mini-batches). See rlrt_megatron/megatron/optimizer.py."""
     weight_decay: float = 0.01
     clip_grad: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)

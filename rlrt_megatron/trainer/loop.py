@@ -116,6 +116,7 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
         response_mask=scores.response_mask,
         has_teacher=plan.rows,
         lam=lam,
+        student_entropy=scores.student_entropy,  # GRPO+EB's advantage-form entropy term
     )
     engine_logprobs = rollouts.padded(lambda s: s.logprobs)
     batch = TrainBatch(
@@ -222,7 +223,9 @@ def train(config: RunConfig) -> dict[str, Any]:
         on_bad_row=config.data.on_bad_row,
         enable_thinking=config.model.enable_thinking,
     )
-    train_prompts, data_counts = load_prompts(config.data.train_files, tokenizer, **load)
+    train_prompts, data_counts = load_prompts(
+        config.data.train_files, tokenizer, prompt_format=config.data.prompt_format, **load
+    )
     eval_prompts = (
         load_prompts(config.data.eval_files, tokenizer, **load)[0] if config.data.eval_files else []
     )

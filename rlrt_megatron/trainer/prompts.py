@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlrt_megatron.data.prompt_format import PromptFormatError, apply_prompt_format
 from rlrt_megatron.data.readers import read_prompts
-from rlrt_megatron.data.records import PromptRecord
+from rlrt_megatron.data.records import DatasetError, PromptRecord
 from rlrt_megatron.data.sampler import PromptIterator
 from rlrt_megatron.data.templating import encode_chat
 
@@ -43,11 +44,17 @@ def load_prompts(
     max_prompt_tokens: int,
     on_bad_row: str = "raise",
     enable_thinking: bool | None = None,
+    prompt_format: str = "raw",
 ) -> tuple[list[TemplatedPrompt], dict[str, int]]:
     """All prompts of ``files``, templated; prompts longer than ``max_prompt_tokens`` dropped.
 
-    Returns the prompts and counts (``rows``, ``bad_rows`` skipped as malformed,
-    ``too_long`` dropped by length, ``kept``).
+    ``prompt_format`` rewrites each question's answer instruction first
+    (`rlrt_megatron.data.prompt_format`; ``boxed``: DAPO-Math-17k's "Answer:" instruction becomes
+    "... within \\boxed{}"). A row it cannot rewrite is a bad row: with ``on_bad_row="raise"`` a
+    `DatasetError` names the file and row, with ``"skip"`` it is dropped and counted.
+
+    Returns the prompts and counts (``rows``, ``bad_rows`` skipped as malformed or not in the
+    format's expected form, ``too_long`` dropped by length, ``kept``).
     """
     if not files:
         raise ValueError("no prompt files given")
@@ -58,6 +65,17 @@ def load_prompts(
         counts["rows"] += stats.num_rows
         counts["bad_rows"] += stats.num_bad
         for record in records:
+            try:
+                record = apply_prompt_format(record, prompt_format)
+            except PromptFormatError as e:
+                if on_bad_row == "raise":
+                    raise DatasetError(
+                        f"{file}: row {record.index} (0-based): key 'prompt': {e}; "
+                        f"data.prompt_format={prompt_format!r} rewrites only that form "
+                        "(use prompt_format: raw, or on_bad_row: skip to drop such rows)"
+                    ) from None
+                counts["bad_rows"] += 1
+                continue
             ids = encode_chat(tokenizer, record.prompt, enable_thinking=enable_thinking)
             if len(ids) > max_prompt_tokens:
                 counts["too_long"] += 1

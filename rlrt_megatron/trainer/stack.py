@@ -7,6 +7,7 @@ placed colocated or disaggregated. The `*_on_rank` functions run inside each tra
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ def actor_config(config: RunConfig) -> ActorConfig:
         optimizer=AdamWConfig(
             lr=config.lr,
             warmup_steps=opt.warmup_steps,
+            schedule_unit=opt.schedule_unit,
             weight_decay=opt.weight_decay,
             betas=opt.betas,
             eps=opt.eps,
@@ -69,9 +71,27 @@ def _eval_tokens(config: RunConfig) -> int:
     return config.eval.max_response_tokens if config.data.eval_files else 0
 
 
+def check_eval_fits(config: RunConfig) -> None:
+    """Refuse (ValueError with the reason) an in-training evaluation whose length cap, prompt +
+    ``eval.max_response_tokens`` (the paper: 38912), does not fit the model; never lowered."""
+    model_config = Path(config.model.path) / "config.json"
+    if not config.data.eval_files or not model_config.is_file():
+        return  # no evaluation, or no model yet (the engine reports a missing model)
+    from rlrt_megatron.evaluation.runner import check_eval_length
+
+    max_positions = json.loads(model_config.read_text()).get("max_position_embeddings")
+    check_eval_length(
+        config.data.max_prompt_tokens,
+        config.eval.max_response_tokens,
+        None if max_positions is None else int(max_positions),
+        config.model.path,
+    )
+
+
 def build_placement(config: RunConfig) -> Placement:
     """The policy group (TP × PP × CP × DP Megatron ranks) and the engine pool, placed per
     config."""
+    check_eval_fits(config)
     policy = PolicyGroupConfig(
         actor=actor_config(config),
         num_ranks=config.actor.parallel.model_parallel * config.actor.data_parallel,

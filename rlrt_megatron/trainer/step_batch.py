@@ -14,6 +14,7 @@ import torch
 from rlrt_megatron.algorithms.advantages import group_advantages
 from rlrt_megatron.algorithms.config import AlgorithmConfig
 from rlrt_megatron.algorithms.diversity import diversity_shaped_rewards, group_diversity
+from rlrt_megatron.algorithms.entropy_advantage import entropy_shaped_advantages
 from rlrt_megatron.algorithms.registry import distillation_rows, policy_gradient_rows
 from rlrt_megatron.algorithms.reweighting import token_advantages, token_weight_stats
 from rlrt_megatron.data.records import PromptRecord
@@ -122,9 +123,12 @@ def compute_token_advantages(
     response_mask: torch.Tensor,
     has_teacher: torch.Tensor,
     lam: float,
+    student_entropy: torch.Tensor | None = None,
 ) -> TokenAdvantages:
     """The method's per-token advantages and loss routing for a step (all [B] / [B, T]).
 
+    GRPO+EB's advantage-form entropy term (Cheng et al., `entropy_shaped_advantages`) is added
+    here from ``student_entropy`` [B, T], the scoring pass's per-token entropy (required then).
     SRPO's entropy weights are not computed here: the update step derives them per mini-batch
     from the teacher entropy it is given.
     """
@@ -151,6 +155,14 @@ def compute_token_advantages(
         has_teacher,
         eps_w=config.weight_clip,
     )
+    if config.entropy_advantage is not None:
+        if student_entropy is None:
+            raise ValueError(f"method {spec.name!r} needs the per-token student_entropy")
+        alpha, kappa = config.entropy_advantage
+        values, shaping = entropy_shaped_advantages(
+            values, student_entropy, response_mask, alpha=alpha, kappa=kappa
+        )
+        metrics.update({f"entropy_advantage/{k}": v for k, v in shaping.items()})
     pg = policy_gradient_rows(spec, correct, has_teacher)
     distill = distillation_rows(spec, correct, has_teacher)
     return TokenAdvantages(values=values, pg_rows=pg, distill_rows=distill, metrics=metrics)

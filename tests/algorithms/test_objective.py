@@ -111,6 +111,6 @@ def test_errors():
     with pytest.raises(ValueError, match="pass `distill`"):
         loss_of("sdpo", distill=None)
     with pytest.raises(ValueError, match="needs the per-token `entropy`"):
-        loss_of("grpo_eb")
+        loss_of("grpo_eb", config=LossConfig(entropy_coef=0.1))
     with pytest.raises(ValueError, match="aggregation must be one of"):
         LossConfig(aggregation="mean")

@@ -74,6 +74,7 @@ def _train_step(model, optimizer, scheduler, tokens: torch.Tensor) -> None:
     ok, _, _ = optimizer.step()
     assert ok, "optimizer step skipped"
     scheduler.step(1)
+    scheduler.end_update()  # one RL update per call: the schedule counts RL steps
 
 
 def _build(

@@ -75,6 +75,7 @@ def _check_table5(c: RunConfig) -> None:
     assert c.data.prompts_per_step // c.actor.mini_batches == 128
     opt = c.actor.optimizer
     assert (opt.warmup_steps, opt.weight_decay, opt.clip_grad) == (10, 0.01, 1.0)
+    assert opt.schedule_unit == "rl_step"  # 10 RL steps of warm-up, as verl counts them
     a = c.algorithm
     assert (a.clip_low, a.clip_high, a.rollout_is_clip, a.aggregation) == (
         0.2,
@@ -145,3 +146,107 @@ def test_eps_w_sweep_is_an_override() -> None:
     c = load_run_config(PAPER / "qwen3_4b_base" / "rlrt.yaml", ["algorithm.eps_w=0.2"])
     assert c.algorithm.weight_clip == 0.2
     assert c.algorithm.method == "rlrt"
+
+
+# --------------------------------------------------------------- answer format (issue 14, item 1)
+
+DAPO_INSTRUCTION = (
+    "Solve the following math problem step by step. The last line of your response should be of "
+    "the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+)
+DAPO_REMINDER = '\n\nRemember to put your answer on its own line after "Answer:".'
+DAPO_ROWS = [  # (problem, ground truth) as DAPO-Math-17k ships them: an integer answer string
+    ("What is the remainder when $2^{10}$ is divided by $7$?", "2"),
+    ("How many positive divisors does $36$ have?", "9"),
+    ("Compute $\\frac{3}{4} \\cdot 96$.", "72"),
+]
+
+
+def _write_dapo_parquet(path: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    schema = pa.schema(
+        [
+            ("data_source", pa.string()),
+            ("prompt", messages),
+            ("ability", pa.string()),
+            ("reward_model", pa.struct([("ground_truth", pa.string()), ("style", pa.string())])),
+            ("extra_info", pa.struct([("index", pa.string())])),
+        ]
+    )
+    rows = [
+        {
+            "data_source": "math_dapo",
+            "prompt": [{"role": "user", "content": DAPO_INSTRUCTION + q + DAPO_REMINDER}],
+            "ability": "MATH",
+            "reward_model": {"ground_truth": a, "style": "rule-lax"},
+            "extra_info": {"index": f"id-{i}"},
+        }
+        for i, (q, a) in enumerate(DAPO_ROWS)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_paper_prompts_ask_for_the_box_the_reward_grades(backbone: str, method: str) -> None:
+    c = load_run_config(PAPER / backbone / f"{method}.yaml")
+    assert (c.data.prompt_format, c.reward.name) == ("boxed", "math")
+
+
+def test_paper_data_and_reward_path_on_dapo_rows(tmp_path: Path) -> None:
+    """The paper config's data section loads DAPO-style rows as boxed prompts, and its reward
+    scores a correct boxed answer 1, a wrong one 0 and an "Answer:"-only line 0 (no_answer)."""
+    from transformers import AutoTokenizer
+
+    from rlrt_megatron.models.tiny import build_tokenizer
+    from rlrt_megatron.rewards import get_reward
+    from rlrt_megatron.trainer.prompts import load_prompts
+
+    c = load_run_config(PAPER / "qwen3_8b_no_think" / "rlrt.yaml")
+    build_tokenizer(tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    prompts, counts = load_prompts(
+        [str(_write_dapo_parquet(tmp_path / "dapo.parquet"))],
+        tokenizer,
+        max_prompt_tokens=c.data.max_prompt_tokens,
+        on_bad_row=c.data.on_bad_row,
+        enable_thinking=c.model.enable_thinking,
+        prompt_format=c.data.prompt_format,
+    )
+    assert counts == {"rows": 3, "bad_rows": 0, "too_long": 0, "kept": 3}
+    grade = get_reward(c.reward.name)
+    for p, (question, answer) in zip(prompts, DAPO_ROWS, strict=True):
+        assert p.record.prompt == [
+            {
+                "role": "user",
+                "content": question
+                + "\n\nPlease reason step by step, and put your final answer within \\boxed{}.",
+            }
+        ]
+        assert "Answer: $Answer" not in tokenizer.decode(p.ids)
+        truth = p.record.ground_truth
+        assert grade(f"So the result is \\boxed{{{answer}}}.", truth) == (1.0, "correct")
+        assert grade("So the result is \\boxed{1000}.", truth) == (0.0, "wrong")
+        assert grade(f"Working it out.\nAnswer: {answer}", truth) == (0.0, "no_answer")
+
+
+def test_readme_table_names_only_real_config_keys() -> None:
+    import dataclasses
+    import re
+    import typing
+
+    text = (PAPER / "README.md").read_text()
+    table = text[text.index("## Paper setting → config key → value") :]
+    sections = "data|model|actor|rollout|reward|eval|trainer|algorithm"
+    keys = set(re.findall(rf"`((?:{sections})\.[a-z_.]+)`", table))
+    assert {"data.prompt_format", "actor.optimizer.schedule_unit", "algorithm.entropy_form"} <= keys
+    for key in sorted(keys):
+        cls = RunConfig
+        for part in key.split("."):
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            assert part in fields, f"README names {key!r}: no field {part!r} in {cls.__name__}"
+            cls = typing.get_type_hints(cls)[part]

@@ -80,6 +80,35 @@ def test_teacher_plan_and_token_advantages_for_rlrt():
     assert out.pg_rows.all() and not out.distill_rows.any()
 
 
+def test_grpo_eb_token_advantages_carry_the_entropy_term():
+    config = AlgorithmConfig(method="grpo_eb")  # α 0.4, κ 2
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    adv = shaped_advantages(config, ROLLOUTS, rewards)  # group 0: +0.5 / −0.5; group 1: 0
+    student = ROLLOUTS.padded(lambda s: s.logprobs)
+    mask = student != 0
+    entropy = torch.tensor([[0.5, 2.0, 0.0], [0.5, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    kwargs = dict(
+        advantages=adv.flatten(),
+        correct=rewards.bool().flatten(),
+        student_logprobs=student,
+        teacher_logprobs=None,
+        response_mask=mask,
+        has_teacher=torch.zeros(4, dtype=torch.bool),
+        lam=0.0,
+    )
+    out = compute_token_advantages(config, student_entropy=entropy, **kwargs)
+    # Row 0 (A = 0.5): min(0.4·0.5, 0.25) = 0.2, min(0.4·2, 0.25) = 0.25.
+    # Row 1 (A = −0.5): −0.5 + min(0.2, 0.25) = −0.3. Group 1 (A = 0): nothing added.
+    expected = torch.tensor([[0.7, 0.75, 0.0], [-0.3, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0] * 3])
+    torch.testing.assert_close(out.values, expected)
+    assert out.metrics["entropy_advantage/clipped_fraction"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="needs the per-token student_entropy"):
+        compute_token_advantages(config, **kwargs)
+    loss_form = AlgorithmConfig(method="grpo_eb", entropy_form="loss")
+    plain = compute_token_advantages(loss_form, student_entropy=entropy, **kwargs)
+    torch.testing.assert_close(plain.values, adv.flatten().unsqueeze(-1) * mask)
+
+
 def test_run_config_from_yaml(tmp_path):
     (tmp_path / "run.yaml").write_text(
         "model: {path: /models/qwen3}\n"
