@@ -18,7 +18,6 @@ from rlrt_megatron.analysis.heatmap import (
     render_html,
     render_png,
 )
-from rlrt_megatron.analysis.influence import influence_stats, spearman, summarize_influence
 from rlrt_megatron.analysis.injection import flip_rates
 from rlrt_megatron.analysis.markers import (
     build_corpora,
@@ -235,26 +234,3 @@ def test_flip_rate_bookkeeping_on_scripted_outcomes():
     assert problem_counts(["h", "h", "e"], [True, False, True]) == {"h": (1, 2), "e": (1, 1)}
     positions = choose_positions([0.2, 0.9, 0.9, 0.0], random.Random(0))
     assert positions["max_kl"] == 1 and positions["min_kl"] == 3
-
-
-def test_influence_statistics():
-    # P_S = (0.5, 0.5), f = (1, 0.5): f̄ = 0.75, Inf = (0.5·0.25 + 0.5·0.25)/0.75 = 1/3,
-    # KL(P_S‖tilt) = 0.5·log(0.75/1) + 0.5·log(0.75/0.5).
-    s = influence_stats([0.2, 0.2], [1.0, 0.5])
-    assert s["influence"] == pytest.approx(1 / 3)
-    assert s["kl_tilt"] == pytest.approx(0.5 * math.log(0.75) + 0.5 * math.log(1.5))
-    assert s["influence"] ** 2 <= 2 * s["kl_tilt"]  # Pinsker
-    assert influence_stats([1.0, 1.0], [0.0, 0.0])["influence"] is None
-    assert influence_stats([1.0, 1.0], [0.0, 1.0])["kl_tilt"] == math.inf
-    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # tie: avg ranks
-    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1, 2], [1, 2]) is None
-    records = [
-        dict(influence=0.5, kl_tilt=0.2, kl_context=0.01),
-        dict(influence=0.1, kl_tilt=0.01, kl_context=0.3),
-        dict(influence=None, kl_tilt=None, kl_context=0.2),
-    ]
-    summary = summarize_influence(records, continuations=4, candidates=2)
-    assert summary["positions"] == 3 and summary["positions_with_success"] == 2
-    assert summary["bound_holds_tilt"] == 1.0 and summary["bound_holds_context"] == 0.5

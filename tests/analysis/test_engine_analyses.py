@@ -105,10 +105,15 @@ def test_influence_end_to_end(tiny_qwen3_dir, shared_pool, tmp_path):
     assert summary["continuations_per_candidate"] == 2 and summary["candidates_per_position"] == 3
     for p in positions:
         assert len(p["f"]) == 3 and all(f in (0.0, 0.5, 1.0) for f in p["f"])
+        assert p["f_mean_direct"] in (0.0, 0.5, 1.0)  # f̄ from 2 continuations of h_t
+        # The candidates keep their true P_S; the rest is the tail bucket.
+        assert p["tail_mass"] == pytest.approx(1 - sum(p["p_student"]), abs=1e-4)
+        assert p["influence"] <= p["influence_upper"] + 1e-12
     # Positions after "\boxed{0}" of the right rollout succeed whatever follows (no new box).
     assert summary["positions_with_success"] >= 1
-    # With the Bayesian-tilt teacher the bound is Pinsker's inequality: it always holds.
+    # With the Bayesian-tilt teacher Theorem 2 holds exactly on the buckets.
     assert summary["bound_holds_tilt"] == 1.0
+    assert summary["inf_definition"].startswith("Eq. 5")
 
 
 def test_rollouts_end_to_end(tiny_qwen3_dir, shared_pool, tmp_path):
