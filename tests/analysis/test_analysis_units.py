@@ -223,7 +223,8 @@ def test_flip_rate_bookkeeping_on_scripted_outcomes():
     # Insertion before the token at argmax D̄ (position 1 of [10, 11, 12]): prompt ⊕ y_<1 ⊕ text.
     assert pool.prompts[3] == [1, 2, 10, 900] and records[3]["position"] == 1
     assert pool.prompts[5] == [1, 2, 10, 11, 900]  # argmin: position 2
-    rates = flip_rates(outcomes)
+    # Four rollouts per problem here: hard = 0 or 1 of 4 correct, easy = 3 of 4.
+    rates = flip_rates(outcomes, hard_correct=(0, 1), easy_correct=(3,), group_size=4)
     # Hard wrong rollouts 1, 2, 3: max_kl flips 2/3, random 1/3, min_kl 0/3.
     assert rates["max_kl"]["wrong_to_right"] == pytest.approx(2 / 3)
     assert rates["random"]["wrong_to_right"] == pytest.approx(1 / 3)
