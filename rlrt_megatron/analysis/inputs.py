@@ -41,8 +41,57 @@ class Trajectory:
     @property
     def problem(self) -> str:
         """The problem this rollout belongs to: ``problem`` if given, else the prompt."""
-        key = self.record.get("problem", self.record.get("prompt", self.request.prompt_ids))
-        return key if isinstance(key, str) else json.dumps(key)
+        return problem_key(self.record, self.request.prompt_ids)
+
+
+def problem_key(record: dict[str, Any], prompt_ids: Any = None) -> str:
+    """The problem a rollout line belongs to: ``problem`` if given, else the prompt (text, or
+    ids as JSON)."""
+    key = record.get("problem", record.get("prompt", record.get("prompt_ids", prompt_ids)))
+    return key if isinstance(key, str) else json.dumps(key)
+
+
+def read_problem_counts(path: Path) -> dict[str, tuple[int, int]]:
+    """{problem: (correct rollouts, rollouts)} from a graded rollouts jsonl, in file order.
+
+    Lines of ``rlrt analyze rollouts`` carry ``problem_correct`` / ``problem_rollouts`` (the
+    counts over all K sampled, including rollouts it could not write out): those are used;
+    otherwise lines are counted by their ``correct`` (bool). CommandError naming ``path:line``.
+    """
+    counts: dict[str, list[int]] = {}
+    given: dict[str, tuple[int, int]] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise CommandError(f"cannot read {path}: {error.strerror or error}") from None
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise CommandError(f"{where}: malformed JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise CommandError(f"{where}: expected a JSON object")
+        problem = problem_key(record)
+        if "problem_correct" in record and "problem_rollouts" in record:
+            pair = (record["problem_correct"], record["problem_rollouts"])
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in pair):
+                raise CommandError(f"{where}: problem_correct/problem_rollouts must be integers")
+            if given.setdefault(problem, pair) != pair:
+                raise CommandError(f"{where}: problem {problem!r} has other counts on another line")
+        elif not isinstance(record.get("correct"), bool):
+            raise CommandError(
+                f"{where}: needs 'correct' (true/false) or 'problem_correct' and "
+                "'problem_rollouts' (graded rollouts of the base model)"
+            )
+        entry = counts.setdefault(problem, [0, 0])
+        entry[0] += int(record.get("correct") is True)
+        entry[1] += 1
+    if not counts:
+        raise CommandError(f"{path} has no rollouts (it is empty)")
+    return {p: given.get(p, (c, n)) for p, (c, n) in counts.items()}
 
 
 @dataclass(frozen=True)
