@@ -129,6 +129,7 @@ def run_markers(args: argparse.Namespace) -> int:
     )
     from rlrt_megatron.analysis.markers import (
         build_corpora,
+        candidate_counts,
         default_stopwords,
         markers_table,
         one_correct_one_incorrect,
@@ -158,8 +159,12 @@ def run_markers(args: argparse.Namespace) -> int:
         [v["explore_id"] for v in views],
         [v["exploit_id"] for v in views],
         _decoder(model.tokenizer),
+        case_fold=not args.keep_case,
     )
-    stop = default_stopwords() if not args.no_stopwords else frozenset()
+    if args.no_stopwords:
+        stop = frozenset()
+    else:
+        stop = default_stopwords(domain=not args.no_domain_stopwords)
     rows = score_markers(
         explore,
         exploit,
@@ -177,13 +182,21 @@ def run_markers(args: argparse.Namespace) -> int:
         "explore_types": len(explore),
         "exploit_types": len(exploit),
         "kept": sum(r["kept"] for r in rows),
+        "candidates": candidate_counts(rows, threshold=args.threshold),
         "alpha": args.alpha,
         "threshold": args.threshold,
         "min_count": args.min_count,
+        "case_fold": not args.keep_case,
+        "stopwords": len(stop),
     }
     write_atomically(out / "summary.json", json.dumps(summary, indent=1))
     save_figure(volcano_plot(rows, threshold=args.threshold), out / "volcano.png")
-    print(f"{summary['kept']} markers kept of {len(rows)} token types; wrote {out}")
+    before, after = summary["candidates"]["before_filter"], summary["candidates"]["after_filter"]
+    print(
+        f"candidates (explore/exploit) {before['explore']}/{before['exploit']} → "
+        f"{after['explore']}/{after['exploit']} after filtering; {summary['kept']} markers kept "
+        f"of {len(rows)} token types; wrote {out}"
+    )
     return 0
 
 
@@ -218,6 +231,16 @@ def add_markers_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=3.0, help="keep |z| >= this (3)")
     parser.add_argument("--min-count", type=int, default=30, help="min total count (30)")
     parser.add_argument("--no-stopwords", action="store_true", help="no stopword filtering")
+    parser.add_argument(
+        "--no-domain-stopwords",
+        action="store_true",
+        help="NLTK's English stopwords only (default: also the ~400 math domain words)",
+    )
+    parser.add_argument(
+        "--keep-case",
+        action="store_true",
+        help="count token types case-sensitively (default: case-folded, as the paper)",
+    )
     parser.add_argument(
         "--categories",
         type=Path,

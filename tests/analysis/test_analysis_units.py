@@ -53,9 +53,14 @@ def test_corpora_builder_on_a_toy_vocabulary():
     explore, exploit = build_corpora(
         [hi.tolist(), [4, 5]], [lo.tolist(), [5, 4]], lambda i: TOY_VOCAB[i]
     )
-    # " wait" and "Wait" stay distinct types (case kept); whitespace-only "\n" is dropped.
-    assert explore == {"Wait": 1, "therefore": 1, "x": 1}
+    # Case-folded (App. D): "Wait" counts as "wait"; whitespace-only "\n" is dropped.
+    assert explore == {"wait": 1, "therefore": 1, "x": 1}
     assert exploit == {"wait": 1, "so": 1, "x": 1}
+    # With case_fold=False, " wait" and "Wait" stay distinct types.
+    kept_case, _ = build_corpora(
+        [hi.tolist(), [4, 5]], [lo.tolist(), [5, 4]], lambda i: TOY_VOCAB[i], case_fold=False
+    )
+    assert kept_case == {"Wait": 1, "therefore": 1, "x": 1}
     with pytest.raises(ValueError, match="differ in length"):
         build_corpora([[0, 1]], [[0]], lambda i: TOY_VOCAB[i])
 
@@ -77,7 +82,7 @@ def test_marker_table_csv_and_volcano(tmp_path):
     assert "| reflection | Wait (+" in table and "| conclusion | — | therefore (-" in table
     assert "| other | maybe (+" in table and "zebra" not in table  # z = 0: not kept
     csv_text = write_csv(rows)
-    assert csv_text.splitlines()[0] == "token,explore,exploit,delta,z,kept"
+    assert csv_text.splitlines()[0] == "token,explore,exploit,delta,z,kept,filtered"
     assert len(csv_text.splitlines()) == 5
     figure = volcano_plot(rows)
     figure.savefig(tmp_path / "v.png")
