@@ -129,6 +129,7 @@ def run_markers(args: argparse.Namespace) -> int:
     )
     from rlrt_megatron.analysis.markers import (
         build_corpora,
+        candidate_counts,
         default_stopwords,
         markers_table,
         one_correct_one_incorrect,
@@ -158,8 +159,12 @@ def run_markers(args: argparse.Namespace) -> int:
         [v["explore_id"] for v in views],
         [v["exploit_id"] for v in views],
         _decoder(model.tokenizer),
+        case_fold=not args.keep_case,
     )
-    stop = default_stopwords() if not args.no_stopwords else frozenset()
+    if args.no_stopwords:
+        stop = frozenset()
+    else:
+        stop = default_stopwords(domain=not args.no_domain_stopwords)
     rows = score_markers(
         explore,
         exploit,
@@ -177,13 +182,21 @@ def run_markers(args: argparse.Namespace) -> int:
         "explore_types": len(explore),
         "exploit_types": len(exploit),
         "kept": sum(r["kept"] for r in rows),
+        "candidates": candidate_counts(rows, threshold=args.threshold),
         "alpha": args.alpha,
         "threshold": args.threshold,
         "min_count": args.min_count,
+        "case_fold": not args.keep_case,
+        "stopwords": len(stop),
     }
     write_atomically(out / "summary.json", json.dumps(summary, indent=1))
     save_figure(volcano_plot(rows, threshold=args.threshold), out / "volcano.png")
-    print(f"{summary['kept']} markers kept of {len(rows)} token types; wrote {out}")
+    before, after = summary["candidates"]["before_filter"], summary["candidates"]["after_filter"]
+    print(
+        f"candidates (explore/exploit) {before['explore']}/{before['exploit']} → "
+        f"{after['explore']}/{after['exploit']} after filtering; {summary['kept']} markers kept "
+        f"of {len(rows)} token types; wrote {out}"
+    )
     return 0
 
 
@@ -219,6 +232,16 @@ def add_markers_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-count", type=int, default=30, help="min total count (30)")
     parser.add_argument("--no-stopwords", action="store_true", help="no stopword filtering")
     parser.add_argument(
+        "--no-domain-stopwords",
+        action="store_true",
+        help="NLTK's English stopwords only (default: also the ~400 math domain words)",
+    )
+    parser.add_argument(
+        "--keep-case",
+        action="store_true",
+        help="count token types case-sensitively (default: case-folded, as the paper)",
+    )
+    parser.add_argument(
         "--categories",
         type=Path,
         default=None,
@@ -250,6 +273,7 @@ def run_shift(args: argparse.Namespace) -> int:
         )
     if not 1 <= args.topk <= 100:
         raise CommandError(f"--topk must be in [1, 100], got {args.topk}")
+    selection = shift_selection(args)
     base = open_model(args.base, args.tp, args.pp)
     summaries: dict[str, dict] = {}
     for index, path in enumerate(args.finetuned):
@@ -259,6 +283,8 @@ def run_shift(args: argparse.Namespace) -> int:
         trajectories = load_trajectories(
             data, finetuned, need_teacher=False, raw_prompt=args.raw_prompt
         )
+        if selection is not None:
+            trajectories = select_trajectories(trajectories, selection["problems"], data)
         check_budget(trajectories, args.max_tokens)
         try:
             results = launch(
@@ -293,12 +319,60 @@ def run_shift(args: argparse.Namespace) -> int:
         )
         summaries[str(path)] = summary | {"data": str(data), "rollouts": len(trajectories)}
     out = args.output
-    write_atomically(
-        out / "summary.json", json.dumps({"base": str(args.base), "finetuned": summaries}, indent=1)
-    )
+    report = {"base": str(args.base), "selection": selection, "finetuned": summaries}
+    write_atomically(out / "summary.json", json.dumps(report, indent=1))
     save_figure(shift_plot(summaries), out / "shift.png")
     print(f"wrote {out / 'summary.json'} and {out / 'shift.png'}")
     return 0
+
+
+def shift_selection(args: argparse.Namespace) -> dict | None:
+    """The paper's prompt selection (Figure 7) from ``--base-rollouts``: which problems, and how
+    they were chosen (written into summary.json); None without ``--base-rollouts``."""
+    from rlrt_megatron.analysis.inputs import read_problem_counts
+    from rlrt_megatron.analysis.shift import select_problems
+
+    if args.base_rollouts is None:
+        print(
+            "no --base-rollouts: every rollout of --data is used (the paper selects 30 prompts "
+            "with n_correct in {0, 1, 2} of 8 under the base model)"
+        )
+        return None
+    counts = read_problem_counts(args.base_rollouts)
+    group_size = args.select_group_size or None
+    try:
+        problems, eligible = select_problems(
+            counts,
+            correct=args.select_correct,
+            group_size=group_size,
+            count=args.select_prompts,
+            seed=args.select_seed,
+        )
+    except ValueError as error:
+        raise CommandError(f"--base-rollouts {args.base_rollouts}: {error}") from None
+    print(f"selected {len(problems)} of {eligible} eligible problems ({len(counts)} in all)")
+    return {
+        "base_rollouts": str(args.base_rollouts),
+        "n_correct": sorted(args.select_correct),
+        "group_size": group_size,
+        "requested": args.select_prompts,
+        "eligible": eligible,
+        "seed": args.select_seed,
+        "problems": problems,
+    }
+
+
+def select_trajectories(trajectories: list, problems: list[str], data: Path) -> list:
+    """The rollouts of the selected problems; CommandError naming a problem without one."""
+    chosen = set(problems)
+    kept = [t for t in trajectories if t.problem in chosen]
+    missing = chosen - {t.problem for t in kept}
+    if missing:
+        raise CommandError(
+            f"{data}: no rollout of selected problem {sorted(missing)[0]!r} (give rollouts of the "
+            "same prompts, with the same 'problem' keys as --base-rollouts)"
+        )
+    return kept
 
 
 def check_same_vocabulary(finetuned: Any, base: Any) -> None:
@@ -316,6 +390,11 @@ def check_same_vocabulary(finetuned: Any, base: Any) -> None:
 
 def add_shift_arguments(parser: argparse.ArgumentParser) -> None:
     from rlrt_megatron.analysis.inputs import add_model_arguments
+    from rlrt_megatron.analysis.shift import (
+        PAPER_SHIFT_CORRECT,
+        PAPER_SHIFT_GROUP_SIZE,
+        PAPER_SHIFT_PROMPTS,
+    )
 
     add_model_arguments(parser, model_flag=False)  # --base / --finetuned name the models
     parser.add_argument("--base", type=Path, required=True, help="the base checkpoint")
@@ -336,6 +415,35 @@ def add_shift_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, required=True, help="output folder")
     parser.add_argument("--js-threshold", type=float, default=0.1, help="shifted: JS > this")
     parser.add_argument("--topk", type=int, default=20, help="top-k overlap up to k (20)")
+    parser.add_argument(
+        "--base-rollouts",
+        type=Path,
+        default=None,
+        help="the base model's graded rollouts (`rlrt analyze rollouts --model BASE`): select "
+        "the prompts as the paper (default: every rollout of --data)",
+    )
+    parser.add_argument(
+        "--select-prompts",
+        type=int,
+        default=PAPER_SHIFT_PROMPTS,
+        help="how many prompts to select (paper: 30; 0: all eligible)",
+    )
+    parser.add_argument(
+        "--select-correct",
+        type=int,
+        nargs="+",
+        default=list(PAPER_SHIFT_CORRECT),
+        help="eligible: n_correct under the base model in these (paper: 0 1 2)",
+    )
+    parser.add_argument(
+        "--select-group-size",
+        type=int,
+        default=PAPER_SHIFT_GROUP_SIZE,
+        help="base rollouts per prompt the counts refer to (paper: 8; 0: any)",
+    )
+    parser.add_argument(
+        "--select-seed", type=int, default=0, help="seed of the uniform draw among eligible"
+    )
 
 
 # ------------------------------------------------------------------------------ registration

@@ -1,14 +1,17 @@
 """``rlrt analyze inject`` (and the engine plumbing ``influence`` shares): continued generation.
 
 **Reflection injection** (paper Figure 6). For each rollout, D̄_t is scored with the
-context-conditioned teacher; the reflection string is inserted *before* the token at
-argmax_t D̄_t ("max_kl"), at a uniformly random position ("random") and at argmin_t D̄_t
-("min_kl"); the engine continues from prompt ⊕ y_<t ⊕ reflection, the result
-(y_<t ⊕ reflection ⊕ continuation) is graded with the math reward. Problems are *hard* when at
-most ``hard_max_fraction`` of their rollouts in the file are correct (default 1/4) and *easy*
-when at least ``easy_min_fraction`` are (default 3/4); the report gives the wrong→right rate on
-the wrong rollouts of hard problems and the right→wrong rate on the right rollouts of easy ones,
-with Wilson 95% intervals (:func:`rlrt_megatron.analysis.injection.flip_rates`).
+context-conditioned teacher — a correct peer rollout where the line gives one, else (the paper's
+"feeding a known correct solution c") the teacher that has seen the problem's known solution
+(``--no-ground-truth-teacher`` leaves such rollouts to ``--skip-without-context`` / an error);
+the reflection string is inserted *before* the token at argmax_t D̄_t ("max_kl"), at a uniformly
+random position ("random") and at argmin_t D̄_t ("min_kl"); the engine continues from
+prompt ⊕ y_<t ⊕ reflection, the result (y_<t ⊕ reflection ⊕ continuation) is graded with the
+math reward. Problems are *hard* / *easy* by their number of correct rollouts out of K, as the
+paper: hard = {0, 1, 2} of 8, easy = {5, 6, 7} of 8 (``--hard-correct``, ``--easy-correct``,
+``--group-size``); the report gives the wrong→right rate on the wrong rollouts of hard problems
+and the right→wrong rate on the right rollouts of easy ones, with Wilson 95% intervals
+(:func:`rlrt_megatron.analysis.injection.flip_rates`).
 
 """
 
@@ -23,7 +26,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rlrt_megatron.analysis.injection import InjectionOutcome, flip_rates
+from rlrt_megatron.analysis.injection import (
+    PAPER_EASY_CORRECT,
+    PAPER_GROUP_SIZE,
+    PAPER_HARD_CORRECT,
+    InjectionOutcome,
+    check_subsets,
+    flip_rates,
+    problem_subset,
+)
 from rlrt_megatron.cli import CommandError
 
 KINDS = ("max_kl", "random", "min_kl")
@@ -49,6 +60,20 @@ def problem_counts(problems: Sequence[str], correct: Sequence[bool]) -> dict[str
         entry[0] += int(c)
         entry[1] += 1
     return {p: (c, n) for p, (c, n) in counts.items()}
+
+
+def injection_counts(
+    trajectories: Sequence[Any], correct: Sequence[bool]
+) -> dict[str, tuple[int, int]]:
+    """{problem: (correct rollouts, rollouts)}: counted in the file, except where a line gives
+    ``problem_correct`` and ``problem_rollouts`` (``rlrt analyze rollouts`` writes the counts
+    of all K sampled rollouts, including any it could not write out)."""
+    counts = problem_counts([t.problem for t in trajectories], correct)
+    for t in trajectories:
+        record = getattr(t, "record", {})
+        if "problem_correct" in record and "problem_rollouts" in record:
+            counts[t.problem] = (int(record["problem_correct"]), int(record["problem_rollouts"]))
+    return counts
 
 
 # --------------------------------------------------------------------------- engine plumbing
@@ -99,11 +124,7 @@ def run_injection(
 
     grade = grade or grade_answers
     rng = random.Random(seed)
-    counts = problem_counts([t.problem for t in trajectories], correct)
-    for t in trajectories:  # K and correct-of-K given by `rlrt analyze rollouts` take precedence
-        record = getattr(t, "record", {})
-        if "problem_correct" in record and "problem_rollouts" in record:
-            counts[t.problem] = (int(record["problem_correct"]), int(record["problem_rollouts"]))
+    counts = injection_counts(trajectories, correct)
     prompts, meta = [], []
     for i, (t, kl) in enumerate(zip(trajectories, kls, strict=True)):
         response = t.request.response_ids
@@ -146,6 +167,7 @@ def run_injection(
                 correct_after=ok,
                 problem_correct=n_correct,
                 problem_rollouts=n,
+                teacher=getattr(t, "teacher", None),
                 text=text,
             )
         )
@@ -176,14 +198,24 @@ def run_inject(args: argparse.Namespace) -> int:
         write_atomically,
     )
 
-    if not 0 <= args.hard_max < args.easy_min <= 1:
-        raise CommandError("need 0 <= --hard-max < --easy-min <= 1")
+    subsets = injection_subsets(args)
     table: dict[str, dict] = {}
     lines = []
     for path in args.model:
         model = open_model(path, args.tp, args.pp)
-        trajectories = load_pairs_for(args, model, need=("answer",))
+        trajectories = load_pairs_for(
+            args, model, need=("answer",), ground_truth_teacher=not args.no_ground_truth_teacher
+        )
+        from_truth = sum(t.teacher == "ground_truth" for t in trajectories)
+        if from_truth:
+            print(f"{args.data}: {from_truth} rollouts scored with a ground-truth teacher")
         correct, answers = _correct_and_answers(trajectories, model.tokenizer)
+        if "group_size" in subsets:  # fail before any scoring when a problem has another K
+            for problem, (n_correct, n) in injection_counts(trajectories, correct).items():
+                try:
+                    problem_subset(n_correct, n, problem=problem, **subsets)
+                except ValueError as error:
+                    raise CommandError(f"{args.data}: {error}") from None
         views = score_pairs_for(args, model, trajectories)
         if views is None:
             return 0
@@ -205,9 +237,10 @@ def run_inject(args: argparse.Namespace) -> int:
                 temperature=args.temperature,
                 seed=args.seed,
             )
-        table[str(path)] = flip_rates(
-            outcomes, hard_max_fraction=args.hard_max, easy_min_fraction=args.easy_min
-        )
+        try:
+            table[str(path)] = flip_rates(outcomes, **subsets)
+        except ValueError as error:
+            raise CommandError(f"{args.data}: {error}") from None
         lines += [json.dumps(r | {"model": str(path)}, ensure_ascii=False) for r in records]
     out = args.output
     write_atomically(out / "continuations.jsonl", "".join(line + "\n" for line in lines))
@@ -216,6 +249,26 @@ def run_inject(args: argparse.Namespace) -> int:
     save_figure(injection_plot(table), out / "flip_rates.png")
     print(f"wrote {out / 'flip_rates.md'} and {out / 'flip_rates.png'}")
     return 0
+
+
+def injection_subsets(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`flip_rates` from the command line (checked)."""
+    if (args.hard_max is None) != (args.easy_min is None):
+        raise CommandError("give both --hard-max and --easy-min (the fraction rule), or neither")
+    if args.hard_max is not None:
+        if not 0 <= args.hard_max < args.easy_min <= 1:
+            raise CommandError("need 0 <= --hard-max < --easy-min <= 1")
+        return {"hard_max_fraction": args.hard_max, "easy_min_fraction": args.easy_min}
+    group_size = args.group_size or None
+    try:
+        check_subsets(args.hard_correct, args.easy_correct, group_size)
+    except ValueError as error:
+        raise CommandError(f"--hard-correct/--easy-correct/--group-size: {error}") from None
+    return {
+        "hard_correct": tuple(args.hard_correct),
+        "easy_correct": tuple(args.easy_correct),
+        "group_size": group_size,
+    }
 
 
 def injection_table(table: dict[str, dict]) -> str:
@@ -290,8 +343,45 @@ def add_inject_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engines", type=int, default=1, help="vLLM engines")
-    parser.add_argument("--hard-max", type=float, default=0.25, help="hard: fraction correct <=")
-    parser.add_argument("--easy-min", type=float, default=0.75, help="easy: fraction correct >=")
+    parser.add_argument(
+        "--hard-correct",
+        type=int,
+        nargs="+",
+        default=list(PAPER_HARD_CORRECT),
+        help="hard problems: these numbers of correct rollouts (paper: 0 1 2)",
+    )
+    parser.add_argument(
+        "--easy-correct",
+        type=int,
+        nargs="+",
+        default=list(PAPER_EASY_CORRECT),
+        help="easy problems: these numbers of correct rollouts (paper: 5 6 7)",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=PAPER_GROUP_SIZE,
+        help="rollouts per problem the counts refer to; a problem with another K is an error "
+        "(paper: 8; 0: any K)",
+    )
+    parser.add_argument(
+        "--hard-max",
+        type=float,
+        default=None,
+        help="select by fraction instead (not the paper's rule): hard = fraction correct <= this",
+    )
+    parser.add_argument(
+        "--easy-min",
+        type=float,
+        default=None,
+        help="with --hard-max: easy = fraction correct >= this",
+    )
+    parser.add_argument(
+        "--no-ground-truth-teacher",
+        action="store_true",
+        help="no ground-truth teacher for rollouts without a correct peer (default: the "
+        "teacher sees the known solution, as the paper)",
+    )
 
 
 from rlrt_megatron.analysis.influence import (  # noqa: E402  (it imports this module's helpers)

@@ -3,12 +3,15 @@
 Trajectories use ``rlrt score``'s jsonl formats (see :mod:`rlrt_megatron.megatron.score_command`):
 ``{"prompt", "response", "context"}`` or the id forms, plus the fields some analyses need —
 ``answer`` (the ground truth, graded with the math reward), ``correct`` (bool, instead of
-``answer`` where no grading is needed) and ``problem`` (groups rollouts of one problem; defaults to
-the prompt). Every line is checked before any worker starts; errors name ``file:line``.
+``answer`` where no grading is needed), ``problem`` (groups rollouts of one problem; defaults to
+the prompt), ``solution`` (a worked solution, optional) and ``ground_truth_teacher_prompt_ids``
+(the teacher prompt with a known correct solution, written by ``rlrt analyze rollouts`` where no
+correct peer exists). Every line is checked before any worker starts; errors name ``file:line``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ from rlrt_megatron.megatron.score_command import (
     ScoreInputError,
     ScoreRequest,
     load_score_requests,
+    parse_score_line,
 )
 from rlrt_megatron.teacher.templates import PEER_TEMPLATE
 
@@ -30,12 +34,64 @@ class Trajectory:
     request: ScoreRequest
     record: dict[str, Any]
     where: str
+    teacher: str | None = None
+    """Where the teacher view comes from: "context" (the line's ``context`` or
+    ``teacher_prompt_ids``), "ground_truth" (a known correct solution), or None (no teacher)."""
 
     @property
     def problem(self) -> str:
         """The problem this rollout belongs to: ``problem`` if given, else the prompt."""
-        key = self.record.get("problem", self.record.get("prompt", self.request.prompt_ids))
-        return key if isinstance(key, str) else json.dumps(key)
+        return problem_key(self.record, self.request.prompt_ids)
+
+
+def problem_key(record: dict[str, Any], prompt_ids: Any = None) -> str:
+    """The problem a rollout line belongs to: ``problem`` if given, else the prompt (text, or
+    ids as JSON)."""
+    key = record.get("problem", record.get("prompt", record.get("prompt_ids", prompt_ids)))
+    return key if isinstance(key, str) else json.dumps(key)
+
+
+def read_problem_counts(path: Path) -> dict[str, tuple[int, int]]:
+    """{problem: (correct rollouts, rollouts)} from a graded rollouts jsonl, in file order.
+
+    Lines of ``rlrt analyze rollouts`` carry ``problem_correct`` / ``problem_rollouts`` (the
+    counts over all K sampled, including rollouts it could not write out): those are used;
+    otherwise lines are counted by their ``correct`` (bool). CommandError naming ``path:line``.
+    """
+    counts: dict[str, list[int]] = {}
+    given: dict[str, tuple[int, int]] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise CommandError(f"cannot read {path}: {error.strerror or error}") from None
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise CommandError(f"{where}: malformed JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise CommandError(f"{where}: expected a JSON object")
+        problem = problem_key(record)
+        if "problem_correct" in record and "problem_rollouts" in record:
+            pair = (record["problem_correct"], record["problem_rollouts"])
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in pair):
+                raise CommandError(f"{where}: problem_correct/problem_rollouts must be integers")
+            if given.setdefault(problem, pair) != pair:
+                raise CommandError(f"{where}: problem {problem!r} has other counts on another line")
+        elif not isinstance(record.get("correct"), bool):
+            raise CommandError(
+                f"{where}: needs 'correct' (true/false) or 'problem_correct' and "
+                "'problem_rollouts' (graded rollouts of the base model)"
+            )
+        entry = counts.setdefault(problem, [0, 0])
+        entry[0] += int(record.get("correct") is True)
+        entry[1] += 1
+    if not counts:
+        raise CommandError(f"{path} has no rollouts (it is empty)")
+    return {p: given.get(p, (c, n)) for p, (c, n) in counts.items()}
 
 
 @dataclass(frozen=True)
@@ -74,7 +130,13 @@ def open_model(path: Path, tp: int = 1, pp: int = 1) -> ModelInfo:
     return ModelInfo(folder, tokenizer, checkpoint.vocab_size, checkpoint.max_position_embeddings)
 
 
-def load_pairs_for(args: Any, model: ModelInfo, *, need: tuple[str, ...] = ()) -> list[Trajectory]:
+def load_pairs_for(
+    args: Any,
+    model: ModelInfo,
+    *,
+    need: tuple[str, ...] = (),
+    ground_truth_teacher: bool = False,
+) -> list[Trajectory]:
     """:func:`load_trajectories` of ``--data`` with a teacher view, under the options every
     teacher-scoring subcommand shares (``--skip-without-context``, ``--raw-prompt``,
     ``--teacher-template``)."""
@@ -86,7 +148,67 @@ def load_pairs_for(args: Any, model: ModelInfo, *, need: tuple[str, ...] = ()) -
         need=need,
         raw_prompt=args.raw_prompt,
         teacher_template=args.teacher_template,
+        ground_truth_teacher=ground_truth_teacher,
     )
+
+
+def known_solution(answer: Any, solution: Any = None) -> str:
+    """The known correct solution c shown to a ground-truth teacher: the worked ``solution`` when
+    the data has one, else the boxed final answer (the trainer's RLSD context,
+    :func:`rlrt_megatron.teacher.contexts.ground_truth_context`)."""
+    from rlrt_megatron.teacher.contexts import GroupInputs, ground_truth_context
+
+    text = solution if isinstance(solution, str) else None
+    return ground_truth_context(
+        GroupInputs(messages=(), responses=(), ground_truth=str(answer), solution=text)
+    )
+
+
+def _ground_truth_teacher_ids(
+    record: dict[str, Any],
+    where: str,
+    line: int,
+    model: ModelInfo,
+    *,
+    raw_prompt: bool,
+    teacher_template: str,
+) -> list[int] | None:
+    """The teacher prompt ids of a line without a teacher context, built from a known correct
+    solution: ``ground_truth_teacher_prompt_ids`` if given, else the teacher template around
+    :func:`known_solution` (needs ``prompt`` as text and ``answer``); None when neither."""
+    ids = record.get("ground_truth_teacher_prompt_ids")
+    if ids is not None:
+        if (
+            not isinstance(ids, list)
+            or not ids
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        ):
+            raise CommandError(
+                f"{where}: 'ground_truth_teacher_prompt_ids' must be a non-empty list of integers"
+            )
+    elif isinstance(record.get("prompt"), str) and record.get("answer") is not None:
+        context = known_solution(record["answer"], record.get("solution"))
+        try:
+            request = parse_score_line(
+                record | {"context": context},
+                where,
+                line,
+                model.tokenizer,
+                raw_prompt=raw_prompt,
+                teacher_template=teacher_template,
+            )
+        except ScoreInputError as error:
+            raise CommandError(str(error)) from None
+        ids = request.teacher_prompt_ids
+    else:
+        return None
+    bad = [i for i in ids if not 0 <= i < model.vocab_size]
+    if bad:
+        raise CommandError(
+            f"{where}: ground-truth teacher prompt has token id {bad[0]} outside the vocabulary "
+            f"[0, {model.vocab_size})"
+        )
+    return list(ids)
 
 
 def load_trajectories(
@@ -98,12 +220,18 @@ def load_trajectories(
     raw_prompt: bool = False,
     teacher_template: str = PEER_TEMPLATE,
     skip_without_teacher: bool = False,
+    ground_truth_teacher: bool = False,
 ) -> list[Trajectory]:
     """Read, tokenize and check every line of ``path``.
 
     ``need_teacher``: every line must give a teacher context (``context`` or
     ``teacher_prompt_ids``), or, with ``skip_without_teacher``, lines without one are left out
     (e.g. rollouts of ``rlrt analyze rollouts`` whose group had no other correct rollout).
+    ``ground_truth_teacher``: a line without a teacher context gets the teacher that has seen a
+    known correct solution instead (``ground_truth_teacher_prompt_ids``, or the teacher template
+    around :func:`known_solution` of ``solution`` / ``answer``), so that problems no rollout
+    solved keep their rollouts (the paper's reflection injection, "feeding a known correct
+    solution c").
     ``need``: keys every line must have (any one of ``a|b``). Raises CommandError naming
     ``path:line``.
     """
@@ -124,13 +252,33 @@ def load_trajectories(
     for request in requests:
         where = f"{path}:{request.line}"
         record = json.loads(lines[request.line - 1])
+        teacher = None if request.teacher_prompt_ids is None else "context"
+        if teacher is None and need_teacher and ground_truth_teacher:
+            ids = _ground_truth_teacher_ids(
+                record,
+                where,
+                request.line,
+                model,
+                raw_prompt=raw_prompt,
+                teacher_template=teacher_template,
+            )
+            if ids is not None:
+                request = dataclasses.replace(request, teacher_prompt_ids=ids)
+                teacher = "ground_truth"
+                longest = len(ids) + len(request.response_ids)
+                if longest > model.max_positions:
+                    raise CommandError(
+                        f"{where}: ground-truth teacher prompt + response is {longest} tokens, "
+                        f"longer than the model's max_position_embeddings {model.max_positions}"
+                    )
         if need_teacher and request.teacher_prompt_ids is None and skip_without_teacher:
             skipped += 1
             continue
         if need_teacher and request.teacher_prompt_ids is None:
+            hint = " (or 'prompt' text and 'answer' for a ground-truth teacher)"
             raise CommandError(
                 f"{where}: no teacher context: give 'context' (e.g. a correct peer rollout) or "
-                "'teacher_prompt_ids'"
+                f"'teacher_prompt_ids'{hint if ground_truth_teacher else ''}"
             )
         for key in need:
             if not any(k in record and record[k] is not None for k in key.split("|")):
@@ -139,7 +287,7 @@ def load_trajectories(
             raise CommandError(f"{where}: 'correct' must be true or false")
         if "answer" in record and not isinstance(record["answer"], str | int | float):
             raise CommandError(f"{where}: 'answer' must be a string or a number")
-        out.append(Trajectory(request, record, where))
+        out.append(Trajectory(request, record, where, teacher))
     if skipped:
         print(f"{path}: left out {skipped} rollouts without a teacher context")
     if not out:

@@ -5,6 +5,12 @@ student prefers most *relative to the teacher*, argmax_v D̂_t(v) with D̂_t(v) 
 log P_T(v), goes to the explore corpus; argmin_v D̂_t(v) to the exploit corpus. Token types that
 are over-represented in one corpus are scored with the smoothed log-odds z-score of Monroe, Colaresi
 & Quinn (2008, "Fightin' Words"), informative Dirichlet prior replaced by a flat α.
+
+As App. D: token types are case-folded before counting; candidates (|z| ≥ 3) are filtered to
+ASCII-alphabetic types of 3–15 characters seen ≥ 30 times that are neither NLTK English
+stopwords (198 words, shipped as package data) nor domain stopwords (this project's list of
+~400 math content words: the paper's own list is not given in its text); the counts before and
+after filtering are reported like the paper's "251/171 → 38/61" (:func:`candidate_counts`).
 """
 
 from __future__ import annotations
@@ -15,33 +21,35 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-# A short, documented English list (function words that carry no reasoning behaviour), used when
-# NLTK's list is not installed; a domain list for math text is added to either.
-BASIC_STOPWORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before being
-    below between both but by can did do does doing down during each few for from further had has
-    have having he her here hers herself him himself his how i if in into is it its itself just me
-    more most my myself no nor not now of off on once only or other our ours ourselves out over own
-    same she should so some such than that the their theirs them themselves then there these they
-    this those through to too under until up very was we were what when where which while who whom
-    why will with would you your yours yourself yourselves""".split()
-)
+
+def read_wordlist(name: str) -> frozenset[str]:
+    """A word list shipped as package data (``rlrt_megatron/analysis/data/<name>``): one word a
+    line, ``#`` comments and blank lines skipped, lowercased."""
+    from importlib.resources import files
+
+    text = files("rlrt_megatron.analysis").joinpath("data", name).read_text(encoding="utf-8")
+    return frozenset(
+        line.strip().lower() for line in text.splitlines() if line.strip() and line[0] != "#"
+    )
+
+
+# App. D removes NLTK's English stopwords (198 words) and a domain list (~400 words). NLTK's
+# list ships with this package (NLTK itself downloads it at run time); the paper's domain list is
+# not reproduced in its text, so DOMAIN_STOPWORDS is this project's own list of math content
+# words (see the file's header: no reasoning-behaviour words).
+NLTK_ENGLISH_STOPWORDS = read_wordlist("nltk_english_stopwords.txt")
+DOMAIN_STOPWORDS = read_wordlist("math_domain_stopwords.txt")
+BASIC_STOPWORDS = NLTK_ENGLISH_STOPWORDS  # the former name of the English list
+# LaTeX command names that dominate math text (all in DOMAIN_STOPWORDS).
 MATH_STOPWORDS = frozenset(
     """frac boxed cdot times sqrt left right text mathrm quad dfrac tfrac begin end align equation
     pmatrix matrix""".split()
 )
 
 
-def default_stopwords() -> frozenset[str]:
-    """NLTK's English stopword list if NLTK and its corpus are installed, else `BASIC_STOPWORDS`;
-    plus `MATH_STOPWORDS` (LaTeX command names that dominate math text)."""
-    try:
-        from nltk.corpus import stopwords  # optional dependency
-
-        words = frozenset(stopwords.words("english"))
-    except (ImportError, LookupError):
-        words = BASIC_STOPWORDS
-    return words | MATH_STOPWORDS
+def default_stopwords(*, domain: bool = True) -> frozenset[str]:
+    """App. D's stopwords: NLTK's English list plus (``domain``) the math domain list."""
+    return NLTK_ENGLISH_STOPWORDS | (DOMAIN_STOPWORDS if domain else frozenset())
 
 
 def log_odds_z(
@@ -81,6 +89,34 @@ def _log_odds(
     return scores
 
 
+# The filter's stages, in the order they are applied (see `filter_stage`).
+FILTER_STAGES = ("min_count", "alphabetic", "length", "stopword")
+
+
+def filter_stage(
+    token: str,
+    count: int,
+    *,
+    min_count: int = 30,
+    min_len: int = 3,
+    max_len: int = 15,
+    stopwords: frozenset[str] = frozenset(),
+) -> str | None:
+    """The first stage of the paper's filter (App. D) that ``token`` fails, or None when it
+    passes: "min_count" (< ``min_count`` occurrences in both corpora), "alphabetic" (not ASCII
+    letters only), "length" (outside ``min_len``–``max_len`` characters), "stopword" (in
+    ``stopwords``, case-insensitively)."""
+    if count < min_count:
+        return "min_count"
+    if not (token.isascii() and token.isalpha()):
+        return "alphabetic"
+    if not min_len <= len(token) <= max_len:
+        return "length"
+    if token.lower() in stopwords:
+        return "stopword"
+    return None
+
+
 def keep_marker(
     token: str,
     count: int,
@@ -92,13 +128,10 @@ def keep_marker(
 ) -> bool:
     """The paper's filter: ≥ ``min_count`` occurrences (both corpora), ASCII alphabetic,
     ``min_len``–``max_len`` characters, not a stopword (case-insensitive)."""
-    return (
-        count >= min_count
-        and token.isascii()
-        and token.isalpha()
-        and min_len <= len(token) <= max_len
-        and token.lower() not in stopwords
+    stage = filter_stage(
+        token, count, min_count=min_count, min_len=min_len, max_len=max_len, stopwords=stopwords
     )
+    return stage is None
 
 
 def score_markers(
@@ -117,7 +150,7 @@ def score_markers(
     rows = []
     for token, (delta, score) in _log_odds(explore_counts, exploit_counts, alpha).items():
         e, x = explore_counts.get(token, 0), exploit_counts.get(token, 0)
-        passes = keep_marker(token, e + x, min_count=min_count, stopwords=stop)
+        stage = filter_stage(token, e + x, min_count=min_count, stopwords=stop)
         rows.append(
             dict(
                 token=token,
@@ -125,10 +158,33 @@ def score_markers(
                 exploit=x,
                 delta=delta,
                 z=score,
-                kept=passes and abs(score) >= threshold,
+                kept=stage is None and abs(score) >= threshold,
+                filtered=stage,
             )
         )
     return sorted(rows, key=lambda r: -r["z"])
+
+
+def candidate_counts(rows: Sequence[dict], *, threshold: float = 3.0) -> dict[str, dict]:
+    """App. D's bookkeeping ("251/171 → 38/61"): the candidate markers (|z| ≥ ``threshold``)
+    on the explore (z > 0) and exploit (z < 0) side before the filter, how many remain after
+    each filter stage (:data:`FILTER_STAGES`, in order), and after all of them (the kept
+    markers). ``rows``: :func:`score_markers`' output."""
+    candidates = [r for r in rows if abs(r["z"]) >= threshold and r["z"] != 0]
+
+    def split(subset: Sequence[dict]) -> dict[str, int]:
+        return {
+            "explore": sum(r["z"] > 0 for r in subset),
+            "exploit": sum(r["z"] < 0 for r in subset),
+        }
+
+    out = {"before_filter": split(candidates)}
+    remaining = candidates
+    for stage in FILTER_STAGES:
+        remaining = [r for r in remaining if r["filtered"] != stage]
+        out[f"after_{stage}"] = split(remaining)
+    out["after_filter"] = split([r for r in rows if r["kept"]])
+    return out
 
 
 def explore_exploit_ids(
@@ -148,22 +204,27 @@ def explore_exploit_ids(
     return gap.argmax(dim=-1), gap.argmin(dim=-1)
 
 
-def count_pieces(pieces: Iterable[str]) -> Counter:
-    """Count decoded token pieces as token types (surrounding whitespace stripped)."""
-    return Counter(p.strip() for p in pieces if p.strip())
+def count_pieces(pieces: Iterable[str], *, case_fold: bool = True) -> Counter:
+    """Count decoded token pieces as token types: surrounding whitespace stripped and, with
+    ``case_fold`` (App. D), lowercased, so " Wait", "Wait" and "wait" are one type."""
+    stripped = (p.strip() for p in pieces)
+    return Counter(p.lower() if case_fold else p for p in stripped if p)
 
 
 def build_corpora(
     explore_ids: Iterable[Sequence[int]],
     exploit_ids: Iterable[Sequence[int]],
     decode: Callable[[int], str],
+    *,
+    case_fold: bool = True,
 ) -> tuple[Counter, Counter]:
     """The explore and exploit corpora as token-type counts.
 
     ``explore_ids`` / ``exploit_ids``: per rollout, the argmax_v / argmin_v of D̂_t(v) at each
     response position ([T] ids each, from the vocab-parallel pair pass); ``decode`` maps an id to
     its text piece. Pieces are counted with surrounding whitespace stripped (whitespace-only
-    pieces are dropped), so " Wait" and "Wait" are one type.
+    pieces are dropped) and, with ``case_fold`` (the paper's counts, App. D), lowercased: " Wait"
+    and "wait" are one type.
     """
     explore: Counter = Counter()
     exploit: Counter = Counter()
@@ -177,8 +238,8 @@ def build_corpora(
     for hi, lo in zip(explore_ids, exploit_ids, strict=True):
         if len(hi) != len(lo):
             raise ValueError(f"explore/exploit ids differ in length: {len(hi)} vs {len(lo)}")
-        explore.update(count_pieces(piece(int(i)) for i in hi))
-        exploit.update(count_pieces(piece(int(i)) for i in lo))
+        explore.update(count_pieces((piece(int(i)) for i in hi), case_fold=case_fold))
+        exploit.update(count_pieces((piece(int(i)) for i in lo), case_fold=case_fold))
     return explore, exploit
 
 
@@ -200,7 +261,8 @@ DEFAULT_CATEGORIES: dict[str, list[str]] = {
     "verification": "check verify confirm double sanity test indeed correct".split(),
     "alternatives": "alternatively perhaps maybe might suppose consider instead another try "
     "whether".split(),
-    "planning": "first next then now step need goal start begin plan".split(),
+    # ("begin" is left out: in math text it is LaTeX's \begin, a domain stopword.)
+    "planning": "first next then now step need goal start plan".split(),
     "conclusion": "therefore thus hence finally answer conclude so".split(),
     "computation": "compute calculate substitute simplify multiply add subtract divide solve "
     "equals plug".split(),
@@ -271,15 +333,19 @@ def volcano_plot(rows: Sequence[dict], *, threshold: float = 3.0, label: int = 1
 
 
 def write_csv(rows: Sequence[dict]) -> str:
-    """The scored token types as CSV text (token, explore, exploit, delta, z, kept)."""
+    """The scored token types as CSV text (token, explore, exploit, delta, z, kept, filtered: the
+    filter stage a type failed, empty when it passed)."""
     import csv
     import io
 
     out = io.StringIO()
     writer = csv.DictWriter(
-        out, fieldnames=["token", "explore", "exploit", "delta", "z", "kept"], lineterminator="\n"
+        out,
+        fieldnames=["token", "explore", "exploit", "delta", "z", "kept", "filtered"],
+        lineterminator="\n",
     )
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: r[k] for k in writer.fieldnames})
+        row = {k: r[k] for k in ("token", "explore", "exploit", "delta", "z", "kept")}
+        writer.writerow(row | {"filtered": r.get("filtered") or ""})
     return out.getvalue()

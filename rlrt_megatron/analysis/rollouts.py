@@ -5,10 +5,15 @@ Writes the jsonl every other analysis reads, so they can run on any checkpoint a
 are chat-templated exactly as the trainer does; each rollout gets, as its teacher context, a
 *different* correct rollout of its group drawn uniformly (the RLRT teacher,
 :func:`rlrt_megatron.teacher.peers.select_peers`), or none when its group has no other correct
-rollout. One line per rollout::
+rollout. Those rollouts get instead ``ground_truth_teacher_prompt_ids``: the same teacher template
+around a known correct solution (the data's worked ``solution``, else the boxed answer), which
+``rlrt analyze inject`` uses so that problems with no (other) correct rollout are not dropped (the
+paper's "feeding a known correct solution c"); the other analyses leave those rollouts out or
+stop (``--skip-without-context``). One line per rollout::
 
-    {"prompt_ids", "response_ids", "teacher_prompt_ids" | null, "question", "response",
-     "answer", "correct", "problem", "peer" | null, "problem_correct", "problem_rollouts"}
+    {"prompt_ids", "response_ids", "teacher_prompt_ids" | null,
+     "ground_truth_teacher_prompt_ids" | null, "question", "response", "answer", "solution",
+     "correct", "problem", "peer" | null, "problem_correct", "problem_rollouts"}
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ def run_rollouts(args: argparse.Namespace) -> int:
 
     from rlrt_megatron.analysis.commands import grade_answers
     from rlrt_megatron.analysis.engine_analyses import _sampling, open_engine_pool
-    from rlrt_megatron.analysis.inputs import open_model, write_atomically
+    from rlrt_megatron.analysis.inputs import known_solution, open_model, write_atomically
     from rlrt_megatron.data.templating import encode_chat
     from rlrt_megatron.teacher.contexts import teacher_messages
     from rlrt_megatron.teacher.peers import select_peers
@@ -61,18 +66,24 @@ def run_rollouts(args: argparse.Namespace) -> int:
         record = prompt.record
         for k, sample in enumerate(group):
             peer = int(peers[g, k])
-            teacher = None
+            teacher = ground_truth_teacher = None
             if peer >= 0:
                 context = texts[g * args.k + peer]
                 messages = teacher_messages(record.prompt, context, args.teacher_template)
                 teacher = encode_chat(model.tokenizer, messages)
+            else:
+                context = known_solution(record.ground_truth, record.solution)
+                messages = teacher_messages(record.prompt, context, args.teacher_template)
+                ground_truth_teacher = encode_chat(model.tokenizer, messages)
             row = {
                 "prompt_ids": prompt.ids,
                 "response_ids": list(sample.token_ids),
                 "teacher_prompt_ids": teacher,
+                "ground_truth_teacher_prompt_ids": ground_truth_teacher,
                 "question": record.question,
                 "response": texts[g * args.k + k],
                 "answer": record.ground_truth,
+                "solution": record.solution,
                 "correct": bool(correct[g, k]),
                 "problem": f"{record.data_source}:{record.index}",
                 "peer": peer if peer >= 0 else None,

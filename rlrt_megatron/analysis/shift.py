@@ -4,15 +4,66 @@ At each position of the fine-tuned model's own rollouts, compare π_ft(·|h_t) w
 the Jensen–Shannon divergence, its complementary CDF over positions, how much of the top-k the two
 share where they differ (JS > 0.1), and whether the new top-1 token was in the base model's tail
 (base probability below 1e-1, 1e-2, …): did RL re-rank existing candidates or promote new ones?
+
+The paper runs this on "30 prompts with n_correct ∈ {0, 1, 2} out of 8 under π_base":
+:func:`select_problems` picks them from the base model's graded rollouts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from rlrt_megatron.algorithms.distillation import generalized_js
+
+# The paper's prompt selection for Figure 7: 30 prompts the base model solves 0-2 times of 8.
+PAPER_SHIFT_PROMPTS = 30
+PAPER_SHIFT_CORRECT = (0, 1, 2)
+PAPER_SHIFT_GROUP_SIZE = 8
+
+
+def select_problems(
+    counts: Mapping[str, tuple[int, int]],
+    *,
+    correct: Sequence[int] = PAPER_SHIFT_CORRECT,
+    group_size: int | None = PAPER_SHIFT_GROUP_SIZE,
+    count: int = PAPER_SHIFT_PROMPTS,
+    seed: int = 0,
+) -> tuple[list[str], int]:
+    """Figure 7's prompts: ``count`` problems whose number of correct base-model rollouts (out of
+    ``group_size``) is in ``correct``.
+
+    ``counts``: {problem: (correct rollouts, rollouts)} under π_base, in file order. The paper
+    does not say how its 30 were drawn from the eligible ones: here uniformly without
+    replacement with ``seed`` (a documented setting), returned in file order. ``count`` 0 takes
+    every eligible problem. Returns (selected problems, number eligible). ValueError when a
+    problem has another number of rollouts than ``group_size`` (None: any), or fewer problems
+    are eligible than ``count``.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    eligible = []
+    for problem, (n_correct, n) in counts.items():
+        if n < 1 or not 0 <= n_correct <= n:
+            raise ValueError(f"problem {problem}: bad correct count {n_correct} of {n}")
+        if group_size is not None and n != group_size:
+            raise ValueError(
+                f"problem {problem}: {n} base rollouts, but the selection counts correct rollouts "
+                f"out of {group_size}"
+            )
+        if n_correct in correct:
+            eligible.append(problem)
+    if count > len(eligible):
+        raise ValueError(
+            f"only {len(eligible)} problems have n_correct in {sorted(correct)} under the base "
+            f"model, fewer than the {count} asked for"
+        )
+    if count == 0:
+        return eligible, len(eligible)
+    chosen = set(random.Random(seed).sample(eligible, count))
+    return [p for p in eligible if p in chosen], len(eligible)
 
 
 def _check_pair(finetuned: torch.Tensor, base: torch.Tensor) -> None:

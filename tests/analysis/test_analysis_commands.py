@@ -97,13 +97,18 @@ def test_markers_corpora_match_the_reference(tiny_qwen3_dir, rollouts, tmp_path)
     for _, s, t in reference:
         for hi, lo in zip((s - t).argmax(-1).tolist(), (s - t).argmin(-1).tolist(), strict=True):
             for ids, corpus in ((hi, explore), (lo, exploit)):
-                piece = model.tokenizer.decode([ids]).strip()
+                piece = model.tokenizer.decode([ids]).strip().lower()  # case-folded
                 if piece:
                     corpus[piece] += 1
     assert {r["token"]: int(r["explore"]) for r in rows if int(r["explore"])} == dict(explore)
     assert {r["token"]: int(r["exploit"]) for r in rows if int(r["exploit"])} == dict(exploit)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rollouts"] == 6 and summary["kept"] == sum(r["kept"] == "True" for r in rows)
+    # App. D's bookkeeping: candidates (|z| >= 1 here) before and after filtering.
+    candidates = summary["candidates"]
+    significant = [r for r in rows if abs(float(r["z"])) >= 1]
+    assert sum(candidates["before_filter"].values()) == len(significant)
+    assert sum(candidates["after_filter"].values()) == summary["kept"]
     assert (out / "markers.md").read_text().startswith("| category |")
     assert (out / "volcano.png").stat().st_size > 5000
 

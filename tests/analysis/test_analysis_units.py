@@ -18,7 +18,6 @@ from rlrt_megatron.analysis.heatmap import (
     render_html,
     render_png,
 )
-from rlrt_megatron.analysis.influence import influence_stats, spearman, summarize_influence
 from rlrt_megatron.analysis.injection import flip_rates
 from rlrt_megatron.analysis.markers import (
     build_corpora,
@@ -54,9 +53,14 @@ def test_corpora_builder_on_a_toy_vocabulary():
     explore, exploit = build_corpora(
         [hi.tolist(), [4, 5]], [lo.tolist(), [5, 4]], lambda i: TOY_VOCAB[i]
     )
-    # " wait" and "Wait" stay distinct types (case kept); whitespace-only "\n" is dropped.
-    assert explore == {"Wait": 1, "therefore": 1, "x": 1}
+    # Case-folded (App. D): "Wait" counts as "wait"; whitespace-only "\n" is dropped.
+    assert explore == {"wait": 1, "therefore": 1, "x": 1}
     assert exploit == {"wait": 1, "so": 1, "x": 1}
+    # With case_fold=False, " wait" and "Wait" stay distinct types.
+    kept_case, _ = build_corpora(
+        [hi.tolist(), [4, 5]], [lo.tolist(), [5, 4]], lambda i: TOY_VOCAB[i], case_fold=False
+    )
+    assert kept_case == {"Wait": 1, "therefore": 1, "x": 1}
     with pytest.raises(ValueError, match="differ in length"):
         build_corpora([[0, 1]], [[0]], lambda i: TOY_VOCAB[i])
 
@@ -78,7 +82,7 @@ def test_marker_table_csv_and_volcano(tmp_path):
     assert "| reflection | Wait (+" in table and "| conclusion | — | therefore (-" in table
     assert "| other | maybe (+" in table and "zebra" not in table  # z = 0: not kept
     csv_text = write_csv(rows)
-    assert csv_text.splitlines()[0] == "token,explore,exploit,delta,z,kept"
+    assert csv_text.splitlines()[0] == "token,explore,exploit,delta,z,kept,filtered"
     assert len(csv_text.splitlines()) == 5
     figure = volcano_plot(rows)
     figure.savefig(tmp_path / "v.png")
@@ -224,7 +228,8 @@ def test_flip_rate_bookkeeping_on_scripted_outcomes():
     # Insertion before the token at argmax D̄ (position 1 of [10, 11, 12]): prompt ⊕ y_<1 ⊕ text.
     assert pool.prompts[3] == [1, 2, 10, 900] and records[3]["position"] == 1
     assert pool.prompts[5] == [1, 2, 10, 11, 900]  # argmin: position 2
-    rates = flip_rates(outcomes)
+    # Four rollouts per problem here: hard = 0 or 1 of 4 correct, easy = 3 of 4.
+    rates = flip_rates(outcomes, hard_correct=(0, 1), easy_correct=(3,), group_size=4)
     # Hard wrong rollouts 1, 2, 3: max_kl flips 2/3, random 1/3, min_kl 0/3.
     assert rates["max_kl"]["wrong_to_right"] == pytest.approx(2 / 3)
     assert rates["random"]["wrong_to_right"] == pytest.approx(1 / 3)
@@ -235,26 +240,3 @@ def test_flip_rate_bookkeeping_on_scripted_outcomes():
     assert problem_counts(["h", "h", "e"], [True, False, True]) == {"h": (1, 2), "e": (1, 1)}
     positions = choose_positions([0.2, 0.9, 0.9, 0.0], random.Random(0))
     assert positions["max_kl"] == 1 and positions["min_kl"] == 3
-
-
-def test_influence_statistics():
-    # P_S = (0.5, 0.5), f = (1, 0.5): f̄ = 0.75, Inf = (0.5·0.25 + 0.5·0.25)/0.75 = 1/3,
-    # KL(P_S‖tilt) = 0.5·log(0.75/1) + 0.5·log(0.75/0.5).
-    s = influence_stats([0.2, 0.2], [1.0, 0.5])
-    assert s["influence"] == pytest.approx(1 / 3)
-    assert s["kl_tilt"] == pytest.approx(0.5 * math.log(0.75) + 0.5 * math.log(1.5))
-    assert s["influence"] ** 2 <= 2 * s["kl_tilt"]  # Pinsker
-    assert influence_stats([1.0, 1.0], [0.0, 0.0])["influence"] is None
-    assert influence_stats([1.0, 1.0], [0.0, 1.0])["kl_tilt"] == math.inf
-    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # tie: avg ranks
-    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1, 2], [1, 2]) is None
-    records = [
-        dict(influence=0.5, kl_tilt=0.2, kl_context=0.01),
-        dict(influence=0.1, kl_tilt=0.01, kl_context=0.3),
-        dict(influence=None, kl_tilt=None, kl_context=0.2),
-    ]
-    summary = summarize_influence(records, continuations=4, candidates=2)
-    assert summary["positions"] == 3 and summary["positions_with_success"] == 2
-    assert summary["bound_holds_tilt"] == 1.0 and summary["bound_holds_context"] == 0.5

@@ -31,20 +31,21 @@ def shared_pool(monkeypatch, analysis_engine_pool):
 
 
 def _rollouts(tmp_path):
-    """A hard problem (1 of 4 right) and an easy one (3 of 4 right)."""
+    """A hard problem (0 of 4 right: no peer context, the teacher sees the known answer) and an
+    easy one (3 of 4 right, a peer context)."""
     rows = []
-    for problem, answer, right in (("hard", "7", 1), ("easy", "3", 3)):
+    for problem, answer, right in (("hard", "7", 0), ("easy", "3", 3)):
         for k in range(4):
             boxed = answer if k < right else "9"
-            rows.append(
-                dict(
-                    prompt=f"Solve the {problem} problem.",
-                    response=f"Let me think step by step. So the result is \\boxed{{{boxed}}}.",
-                    context=f"The answer is {answer}.",
-                    answer=answer,
-                    problem=problem,
-                )
+            row = dict(
+                prompt=f"Solve the {problem} problem.",
+                response=f"Let me think step by step. So the result is \\boxed{{{boxed}}}.",
+                answer=answer,
+                problem=problem,
             )
+            if right:
+                row["context"] = f"The answer is {answer}."
+            rows.append(row)
     return write_jsonl(tmp_path / "rollouts.jsonl", rows)
 
 
@@ -52,11 +53,14 @@ def test_inject_end_to_end(tiny_qwen3_dir, shared_pool, tmp_path):
     data, out = _rollouts(tmp_path), tmp_path / "inject"
     argv = ["analyze", "inject", "--model", str(tiny_qwen3_dir), "--data", str(data)]
     extra = ["--max-new-tokens", "12", "--samples", "2", "--seed", "1"]
-    assert main([*argv, "--output", str(out), *extra]) == 0
+    # Four rollouts per problem here (the paper: 8); hard = 0 or 1 correct, easy = 3.
+    subsets = ["--group-size", "4", "--hard-correct", "0", "1", "--easy-correct", "3"]
+    assert main([*argv, "--output", str(out), *extra, *subsets]) == 0
     records = [json.loads(line) for line in (out / "continuations.jsonl").read_text().splitlines()]
     assert len(records) == 8 * 3 * 2
     outcomes = []
     for r in records:
+        assert r["teacher"] == ("ground_truth" if r["problem"] == "hard" else "context")
         assert "Wait, let me reconsider." in r["text"]
         answer = {"hard": "7", "easy": "3"}[r["problem"]]
         assert grade_math(r["text"], answer).score == float(r["correct_after"])
@@ -76,9 +80,10 @@ def test_inject_end_to_end(tiny_qwen3_dir, shared_pool, tmp_path):
     for kinds in by_where.values():
         assert kinds["max_kl"] >= kinds["random"] >= kinds["min_kl"]
     table = json.loads((out / "flip_rates.json").read_text())[str(tiny_qwen3_dir)]
-    expected = flip_rates(outcomes)
+    expected = flip_rates(outcomes, hard_correct=(0, 1), easy_correct=(3,), group_size=4)
     for kind in engine_analyses.KINDS:
-        assert table[kind]["hard_wrong_rollouts"] == 3 * 2  # 3 wrong rollouts × 2 samples
+        # The 0-correct problem is kept: 4 wrong rollouts × 2 samples.
+        assert table[kind]["hard_wrong_rollouts"] == 4 * 2
         assert table[kind]["easy_right_rollouts"] == 3 * 2
         assert table[kind]["wrong_to_right"] == pytest.approx(expected[kind]["wrong_to_right"])
     assert (out / "flip_rates.md").read_text().startswith("| model |")
@@ -105,10 +110,15 @@ def test_influence_end_to_end(tiny_qwen3_dir, shared_pool, tmp_path):
     assert summary["continuations_per_candidate"] == 2 and summary["candidates_per_position"] == 3
     for p in positions:
         assert len(p["f"]) == 3 and all(f in (0.0, 0.5, 1.0) for f in p["f"])
+        assert p["f_mean_direct"] in (0.0, 0.5, 1.0)  # f̄ from 2 continuations of h_t
+        # The candidates keep their true P_S; the rest is the tail bucket.
+        assert p["tail_mass"] == pytest.approx(1 - sum(p["p_student"]), abs=1e-4)
+        assert p["influence"] <= p["influence_upper"] + 1e-12
     # Positions after "\boxed{0}" of the right rollout succeed whatever follows (no new box).
     assert summary["positions_with_success"] >= 1
-    # With the Bayesian-tilt teacher the bound is Pinsker's inequality: it always holds.
+    # With the Bayesian-tilt teacher Theorem 2 holds exactly on the buckets.
     assert summary["bound_holds_tilt"] == 1.0
+    assert summary["inf_definition"].startswith("Eq. 5")
 
 
 def test_rollouts_end_to_end(tiny_qwen3_dir, shared_pool, tmp_path):
@@ -137,10 +147,17 @@ def test_rollouts_end_to_end(tiny_qwen3_dir, shared_pool, tmp_path):
             assert row["peer"] in others and row["teacher_prompt_ids"] is not None
             # The teacher prompt shows the peer's response as the context.
             assert len(row["teacher_prompt_ids"]) > len(row["prompt_ids"])
+            assert row["ground_truth_teacher_prompt_ids"] is None
         else:
             assert row["peer"] is None and row["teacher_prompt_ids"] is None
+            # The teacher that has seen the known answer instead (for `analyze inject`).
+            assert len(row["ground_truth_teacher_prompt_ids"]) > len(row["prompt_ids"])
     # The analyses read it, leaving out the rollouts that have no teacher context.
     kept = load_trajectories(
         out, open_model(tiny_qwen3_dir), need_teacher=True, skip_without_teacher=True
     )
     assert len(kept) == sum(r["teacher_prompt_ids"] is not None for r in rows)
+    every = load_trajectories(
+        out, open_model(tiny_qwen3_dir), need_teacher=True, ground_truth_teacher=True
+    )
+    assert len(every) == len(rows)

@@ -81,8 +81,9 @@ def test_flip_rates_on_scripted_outcomes():
     outcomes = (
         [o("max_kl", False, True, 1)] * 3
         + [o("max_kl", False, False, 1)] * 7
-        + [o("max_kl", True, False, 8)] * 1
-        + [o("max_kl", True, True, 8)] * 9
+        + [o("max_kl", True, False, 7)] * 1
+        + [o("max_kl", True, True, 6)] * 9
+        + [o("max_kl", True, False, 8)] * 3  # all correct: not "easy" in the paper
         + [o("random", False, True, 2)] * 1
         + [o("random", False, False, 2)] * 9
         + [o("random", True, True, 4)] * 5  # medium difficulty: in neither subset
