@@ -15,9 +15,13 @@ each rank gets one early, cheap chunk and one late, expensive one). A rank's que
 (positions [c·m, (c+1)·m)) need the keys/values of positions [0, (c+1)·m) of their sequence,
 which the caller all-gathers over the CP group (see :mod:`rlrt_megatron.models.cp_comm`). Query
 i of the chunk then sees keys 0 .. c·m + i: a *lower-right aligned* causal mask of shape
-[m, (c+1)·m]. PyTorch's ``causal_lower_right`` bias runs it without a mask on CUDA (flash /
-memory-efficient kernels); on the CPU it materialises the boolean mask, so queries are processed
-in tiles of ``query_tile`` rows: the mask is at most [query_tile, L] per call, never [L, L].
+[m, (c+1)·m]. On CUDA PyTorch's ``causal_lower_right`` bias runs it without a mask (flash /
+memory-efficient kernels). On the CPU that bias would materialise the mask, and the CPU flash
+kernel would keep it (and a GQA-expanded K/V) for the backward, so :class:`_PrefixCausalCPU`
+splits the keys instead: the prefix [0, c·m) that every query sees whole (no mask) and the
+chunk's own [c·m, (c+1)·m) (a square causal block), two CPU flash-attention calls merged by
+their log-sum-exps; the backward runs the flash backward of each part against the *merged*
+output and log-sum-exp (the ring-attention identity), so no mask and no score matrix exist.
 
 Shapes: q [t_q, hq, d], k / v [t_k, hk, d] with hq a multiple of hk (grouped-query attention);
 output [t_q, hq, d].
@@ -31,9 +35,56 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-# Query rows per call where a lower-right mask would otherwise be materialised (CPU): bounds the
-# boolean mask to QUERY_TILE × (sequence length) bytes.
+# Kept for callers that pass it; the CPU path no longer tiles (see _PrefixCausalCPU).
 QUERY_TILE = 1024
+
+_FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+class _PrefixCausalCPU(torch.autograd.Function):
+    """Attention of m queries at the end of a sequence of S keys, lower-right causal, on the
+    CPU without a mask: q [h, m, d]; k, v [hk, S, d] (h a multiple of hk) -> [h, m, d].
+
+    out = (e^{l1}·o1 + e^{l2}·o2) / (e^{l1} + e^{l2}) with (o1, l1) over the prefix keys
+    [0, S − m) unmasked and (o2, l2) over the last m keys, square causal. Softmax probabilities
+    under the merged log-sum-exp l are the true ones, so each part's flash backward with
+    (out, l, dout) gives exactly its share of dq, dk, dv.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float):
+        groups = q.shape[0] // k.shape[0]
+        ke, ve = (x.repeat_interleave(groups, dim=0) if groups > 1 else x for x in (k, v))
+        prefix = k.shape[1] - q.shape[1]
+        qb = q.unsqueeze(0)
+        o1, l1 = _FLASH_CPU(qb, ke[None, :, :prefix], ve[None, :, :prefix], 0.0, False, scale=scale)
+        o2, l2 = _FLASH_CPU(qb, ke[None, :, prefix:], ve[None, :, prefix:], 0.0, True, scale=scale)
+        lse = torch.logaddexp(l1, l2)
+        out = o1 * (l1 - lse).exp().unsqueeze(-1) + o2 * (l2 - lse).exp().unsqueeze(-1)
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.groups, ctx.prefix = scale, groups, prefix
+        return out.squeeze(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse = ctx.saved_tensors
+        groups, prefix, scale = ctx.groups, ctx.prefix, ctx.scale
+        ke, ve = (x.repeat_interleave(groups, dim=0) if groups > 1 else x for x in (k, v))
+        qb, g = q.unsqueeze(0), grad.unsqueeze(0).contiguous()
+        dq1, dk1, dv1 = _FLASH_CPU_BACKWARD(
+            g, qb, ke[None, :, :prefix], ve[None, :, :prefix], out, lse, 0.0, False, scale=scale
+        )
+        dq2, dk2, dv2 = _FLASH_CPU_BACKWARD(
+            g, qb, ke[None, :, prefix:], ve[None, :, prefix:], out, lse, 0.0, True, scale=scale
+        )
+        dk = torch.cat([dk1, dk2], dim=2).squeeze(0)
+        dv = torch.cat([dv1, dv2], dim=2).squeeze(0)
+        if groups > 1:  # sum the gradient of each KV head over the query heads that share it
+            dk = dk.unflatten(0, (k.shape[0], groups)).sum(1)
+            dv = dv.unflatten(0, (v.shape[0], groups)).sum(1)
+        return (dq1 + dq2).squeeze(0), dk, dv, None
 
 
 def _sdpa(q, k, v, *, scale: float, dropout: float, is_causal: bool = False, mask=None):
@@ -73,6 +124,9 @@ def causal_suffix_attention(
     if q.is_cuda:
         # Dispatched to a kernel with a built-in lower-right mask: nothing is materialised.
         return _sdpa(q, k, v, scale=scale, dropout=dropout, mask=causal_lower_right(m, s))
+    if dropout == 0.0:
+        return _PrefixCausalCPU.apply(q, k, v, scale)
+    # Dropout (no Qwen3 model uses it) takes the masked path, tiled to bound the mask.
     parts = []
     for a in range(0, m, query_tile):
         b = min(query_tile, m - a)

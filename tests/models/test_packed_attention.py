@@ -103,3 +103,23 @@ def test_packed_attention_gradients_match_the_reference():
     dense_reference(q, k, v, cu, 0.4).square().sum().backward()
     for got, x in zip(grads, (q, k, v), strict=True):
         torch.testing.assert_close(got, x.grad, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_causal_suffix_attention_gradients_match_the_reference(groups):
+    """The CPU path merges a prefix and a causal part by log-sum-exp; its backward must give the
+    full-attention gradients (q of the last 5 positions, k/v of all 12)."""
+    q, k, v = random_qkv(12, hq=4, hk=4 // groups, seed=7)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    qh, kh, vh = (x.transpose(0, 1) for x in (q, k, v))
+    tail = causal_suffix_attention(qh[:, 7:], kh, vh, scale=0.5)
+    weights = torch.linspace(-1, 1, tail.numel(), dtype=tail.dtype).view_as(tail)
+    (tail * weights).sum().backward()
+    grads = [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    full = dense_reference(q, k, v, [0, 12], 0.5)[7:].transpose(0, 1)
+    (full * weights).sum().backward()
+    for got, x in zip(grads, (q, k, v), strict=True):
+        torch.testing.assert_close(got, x.grad, atol=1e-10, rtol=0)
+    assert grads[0][:7].abs().max() == 0  # queries outside the suffix get nothing
