@@ -31,8 +31,8 @@ PROMPT_TOKENS = 64
 
 def _rank(rank: int, model_dir: str, tokens: int, cp: int) -> dict[str, float]:
     import torch
-
     from _actor_bench import PeakMemory
+
     from rlrt_megatron.megatron.actor import ActorConfig, PolicyActor
     from rlrt_megatron.megatron.optimizer import AdamWConfig
     from rlrt_megatron.megatron.parallel import ParallelConfig, destroy_parallel
@@ -76,6 +76,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from _actor_bench import build_bench_model
+
     from rlrt_megatron.megatron.launcher import launch
 
     rows = []

@@ -138,6 +138,7 @@ def main() -> None:
         parser.error("--max-tokens must hold the widest rollout with its teacher view")
 
     from _actor_bench import build_bench_model
+
     from rlrt_megatron.megatron.launcher import launch
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,8 +157,9 @@ def main() -> None:
     )
     for name in ("padded", "packed"):
         r = out[name]
+        blowup = r["update_tokens"] / out["real_update"]
         print(
-            f"{name:>7} | {r['update_tokens']:>13} | {r['update_tokens'] / out['real_update']:>6.3f}"
+            f"{name:>7} | {r['update_tokens']:>13} | {blowup:>6.3f}"
             f" | {1 - out['real_update'] / r['update_tokens']:>7.1%} | "
             f"{r['update_microbatches']:>4} | {out['real_update'] / r['update_s']:>12.0f} | "
             f"{r['score_tokens']:>12} | {r['score_tokens'] / out['real_score']:>6.3f} | "
