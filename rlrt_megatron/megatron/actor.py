@@ -96,6 +96,13 @@ class ActorConfig:
             raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, not {self.recompute!r}")
         if self.recompute_num_layers < 1:
             raise ValueError(f"recompute_num_layers must be >= 1, not {self.recompute_num_layers}")
+        if self.parallel.context_parallel > 1 and not self.packing:
+            raise ValueError("context parallelism splits packed sequences: it needs packing=True")
+        if self.packing and self.attention == "local":
+            raise ValueError(
+                "attention='local' has no packed-sequence support: use 'sdpa'/'te'/'auto' or "
+                "packing=False"
+            )
 
 
 def recompute_overrides(mode: RecomputeMode, num_layers: int = 1) -> dict[str, object]:

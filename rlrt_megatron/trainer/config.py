@@ -91,6 +91,21 @@ class ActorSection:
     cpus_per_rank: float = 1.0
     gpus_per_rank: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Layout errors found here fail at config load, before Ray or any rank starts.
+        if self.parallel.context_parallel > 1 and not self.packing:
+            raise ValueError(
+                f"actor.parallel.context_parallel={self.parallel.context_parallel} splits packed "
+                "sequences: it needs actor.packing=true"
+            )
+        if self.packing and self.attention == "local":
+            raise ValueError(
+                "actor.attention=local (megatron-core's unfused attention) has no packed-sequence "
+                "support: use actor.attention=sdpa|te|auto or actor.packing=false"
+            )
+        if self.data_parallel < 1:
+            raise ValueError(f"actor.data_parallel must be >= 1, got {self.data_parallel}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class RolloutSection:
