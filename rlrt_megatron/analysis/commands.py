@@ -289,7 +289,7 @@ def run_shift(args: argparse.Namespace) -> int:
         try:
             results = launch(
                 shift_views_worker,
-                args.tp * args.pp,
+                args.tp * args.pp * args.cp,
                 str(finetuned.path),
                 str(base.path),
                 args.tp,
@@ -299,6 +299,7 @@ def run_shift(args: argparse.Namespace) -> int:
                 [t.request.response_ids for t in trajectories],
                 args.topk,
                 args.max_tokens,
+                args.cp,
                 timeout_s=args.timeout,
             )
         except (WorkerError, LaunchTimeout) as error:

@@ -299,12 +299,13 @@ def score_pairs_for(
     args: Any, model: ModelInfo, trajectories: list[Trajectory], *, topk: int = 0
 ) -> list[dict[str, list]] | None:
     """:func:`score_pairs` with the scoring options every ``rlrt analyze`` subcommand shares
-    (``--tp``, ``--pp``, ``--dtype``, ``--max-tokens``, ``--timeout``)."""
+    (``--tp``, ``--pp``, ``--cp``, ``--dtype``, ``--max-tokens``, ``--timeout``)."""
     return score_pairs(
         model,
         trajectories,
         tp=args.tp,
         pp=args.pp,
+        cp=getattr(args, "cp", 1),
         dtype=args.dtype,
         topk=topk,
         max_tokens=args.max_tokens,
@@ -322,6 +323,7 @@ def score_pairs(
     topk: int = 0,
     max_tokens: int = 8192,
     timeout_s: float = 3600.0,
+    cp: int = 1,
 ) -> list[dict[str, list]] | None:
     """:func:`rlrt_megatron.analysis.views.pair_views` of every trajectory, in TP×PP launched
     worker processes. Per trajectory a dict of per-position lists; ``None`` on a rank other than
@@ -333,7 +335,7 @@ def score_pairs(
     try:
         results = launch(
             pair_views_worker,
-            tp * pp,
+            tp * pp * cp,
             str(model.path),
             tp,
             pp,
@@ -343,6 +345,7 @@ def score_pairs(
             [t.request.teacher_prompt_ids for t in trajectories],
             topk,
             max_tokens,
+            cp,
             timeout_s=timeout_s,
         )
     except (WorkerError, LaunchTimeout) as error:
@@ -351,6 +354,15 @@ def score_pairs(
     if merged is None:
         return None
     return [{name: merged[name][i] for name in merged} for i in range(len(trajectories))]
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def check_budget(trajectories: list[Trajectory], max_tokens: int) -> None:
@@ -412,10 +424,19 @@ def add_model_arguments(parser: Any, *, models: bool = False, model_flag: bool =
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
     parser.add_argument(
+        "--cp",
+        type=_positive_int,
+        default=1,
+        help="context-parallel size: long sequences split over this many ranks (default 1)",
+    )
+    parser.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="model dtype"
     )
     parser.add_argument(
-        "--max-tokens", type=int, default=8192, help="padded tokens per micro-batch (8192)"
+        "--max-tokens",
+        type=int,
+        default=8192,
+        help="tokens per packed micro-batch, both views of a rollout (8192)",
     )
     parser.add_argument(
         "--raw-prompt", action="store_true", help="prompt text as-is (no chat template)"

@@ -312,6 +312,7 @@ def pair_views_worker(
     teachers: list[list[int]],
     topk: int,
     max_tokens: int,
+    cp: int = 1,
 ) -> dict[str, list] | None:
     """One rank of a :func:`pair_views` command; rank 0 returns the per-rollout lists."""
     from rlrt_megatron.megatron.parallel import (
@@ -320,7 +321,9 @@ def pair_views_worker(
         initialize_parallel,
     )
 
-    initialize_parallel(ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp))
+    initialize_parallel(
+        ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp, context_parallel=cp)
+    )
     try:
         model = _load(model_dir, dtype)
         out = pair_views(model, prompts, responses, teachers, topk=topk, max_tokens=max_tokens)
@@ -340,6 +343,7 @@ def shift_views_worker(
     responses: list[list[int]],
     topk: int,
     max_tokens: int,
+    cp: int = 1,
 ) -> dict[str, list] | None:
     """One rank of a :func:`shift_views` command; rank 0 returns the per-rollout lists."""
     from rlrt_megatron.megatron.parallel import (
@@ -348,7 +352,9 @@ def shift_views_worker(
         initialize_parallel,
     )
 
-    initialize_parallel(ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp))
+    initialize_parallel(
+        ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp, context_parallel=cp)
+    )
     try:
         base = _load(base_dir, dtype)
         finetuned = _load(finetuned_dir, dtype)
