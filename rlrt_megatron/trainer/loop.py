@@ -326,6 +326,10 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
             seed=config.trainer.seed,
         )
         summary: dict[str, Any] = {"method": config.algorithm.method, "data": data_counts}
+        if resume_from is not None:
+            summary["resumed_from"] = str(resume_from)
+        if checked.skipped_checkpoints:
+            summary["skipped_checkpoints"] = {str(p): why for p, why in checked.skipped_checkpoints}
         before_file = run_dir / "eval_before.json"  # kept so that a resumed run can pair
         if eval_prompts and state.step == 0 and not stop.should_stop:
             metrics, per_prompt = evaluate_per_prompt(

@@ -264,6 +264,12 @@ def check_resume(config: Any) -> Preflight:
         )
     if resume == "auto":
         found, skipped = find_loadable(checkpoints)
+        if found is None and skipped:  # starting fresh would mix a new run into the old folder
+            reasons = "; ".join(f"{path.name}: {reason}" for path, reason in skipped)
+            raise PreflightError(
+                f"trainer.resume=auto: no checkpoint in {checkpoints} loads ({reasons}); remove "
+                "them, or start over with trainer.resume=never trainer.overwrite=true"
+            )
         return Preflight(resume_from=found, skipped_checkpoints=skipped)
     path = Path(resume)
     try:

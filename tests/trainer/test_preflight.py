@@ -157,6 +157,8 @@ def test_each_bad_setting_fails_fast_with_one_line_and_status_2(
         slowest = max(slowest, elapsed)
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if line.startswith("rlrt train: error:")]
+        with capsys.disabled():  # the record of each case (pytest -s shows it)
+            print(f"{' '.join(overrides)} | rc {code} | {elapsed:.2f} s | {err.strip()}")
         assert code == 2, (overrides, err)
         assert len(lines) == 1 and expected in lines[0], (overrides, err)
         assert "Traceback" not in err
@@ -196,7 +198,7 @@ def test_bad_settings_in_a_subprocess_exit_2_without_starting_ray(
         assert result.stderr.strip().splitlines()[-1].startswith("rlrt train: error:")
         assert expected in result.stderr and "Traceback" not in result.stderr
         assert cpu < 5.0, (overrides, cpu)
-        assert not ray_tmp.exists(), "Ray started"
+        assert not ray_tmp.exists(), "Ray started"  # it would hold ray/session_*
 
 
 def test_a_valid_config_passes_and_resume_never_is_accepted(config_file, tmp_path):
@@ -280,6 +282,15 @@ def test_resume_auto_falls_back_past_a_corrupt_newest_checkpoint(
         checked = preflight(load_run_config(config_file))
     assert checked.resume_from == older
     assert f"skipping {newest}" in caplog.text and reason in caplog.text
+
+
+def test_resume_auto_refuses_when_no_checkpoint_loads(config_file, tmp_path):
+    """Starting fresh beside unreadable checkpoints would mix two runs in one folder."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    only = _real_checkpoint(checkpoints, 2)
+    next(only.glob("*.distcp")).unlink()
+    with pytest.raises(PreflightError, match="no checkpoint in .* loads .step_00000002: .*missing"):
+        preflight(load_run_config(config_file))
 
 
 def test_the_loop_falls_back_when_a_checkpoint_fails_to_load(config_file, tmp_path):
