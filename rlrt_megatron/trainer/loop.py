@@ -408,5 +408,7 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
         summary["eval_accuracy_before"] = summary["eval_before"]["accuracy"]
     if "eval_after" in summary:
         summary["eval_accuracy_after"] = summary["eval_after"]["accuracy"]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    staging = run_dir / "summary.json.tmp"  # replaced in one step: a kill never tears it
+    staging.write_text(json.dumps(summary, indent=2, default=str))
+    staging.replace(run_dir / "summary.json")
     return summary
