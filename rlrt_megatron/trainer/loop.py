@@ -227,7 +227,9 @@ def _load_resume_checkpoint(
     """Load ``first`` (preflight's pick) into the ranks; with ``resume=auto`` a checkpoint that
     fails to load is skipped for the next older intact one (said in the log). With
     ``trainer.save_hf`` a checkpoint whose HF export is missing (a kill during the export) gets
-    it written now: a checkpoint is complete only with its ``hf/``."""
+    it written now: a checkpoint is complete only with its ``hf/``. (Preflight already skipped
+    checkpoints whose files are damaged, before any rank loads; a failure that only the load
+    finds, on some ranks, can leave the others in a collective until its timeout.)"""
     if first is None:
         return None, None
     candidates = [first]
