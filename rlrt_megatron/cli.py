@@ -26,7 +26,12 @@ from typing import Any
 
 
 class CommandError(Exception):
-    """A user-facing failure: printed as ``rlrt <command>: error: <message>``, exit code 1."""
+    """A user-facing failure: printed as ``rlrt <command>: error: <message>``, exit code 1
+    (or ``exit_code``: 2 for a bad setting or input, refused before anything started)."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command.run(args)
     except CommandError as error:
         print(f"rlrt {command.name}: error: {error}", file=sys.stderr)
-        return 1
+        return error.exit_code
 
 
 def _module_function(name: str) -> Callable[..., Any]:
@@ -227,7 +232,11 @@ def _parse_size(text: str) -> int:
 
 def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="HF Qwen3 checkpoint folder to load")
-    parser.add_argument("output", type=Path, help="HF folder to write (replaced atomically)")
+    parser.add_argument(
+        "output",
+        type=Path,
+        help="HF folder to write (replaced atomically; must be new, empty or an earlier export)",
+    )
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
     parser.add_argument(
@@ -320,6 +329,7 @@ def compare_hf_weights(source: Path, output: Path) -> dict[str, Any]:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from rlrt_megatron.megatron.checkpoint import OutputFolderError, check_output_folder
     from rlrt_megatron.megatron.launcher import WorkerError, launch
     from rlrt_megatron.models.qwen3_checkpoint import CheckpointError, validate_qwen3_layout
 
@@ -328,9 +338,10 @@ def _run_export(args: argparse.Namespace) -> int:
     source, output = args.source.resolve(), args.output.resolve()
     if source == output:
         raise CommandError("the output folder must differ from the source folder")
-    try:
-        validate_qwen3_layout(source, args.tp, args.pp)  # before any process starts
-    except CheckpointError as error:
+    try:  # before any process starts
+        validate_qwen3_layout(source, args.tp, args.pp)
+        check_output_folder(output, source)
+    except (CheckpointError, OutputFolderError) as error:
         raise CommandError(str(error)) from error
     dtype = _source_dtype(source) if args.dtype == "auto" else args.dtype
     nprocs = args.tp * args.pp

@@ -32,8 +32,10 @@
 #   RLRT_NODE_RANK        this node's rank for `node` [SLURM_NODEID, else 0]
 #   RLRT_RAY_ADDRESS_FILE file on a shared file system where `node` rank 0 publishes the head
 #   RLRT_PYTHON           python with ray installed (used by `wait`) [python3]
-#   RAY_AUTH_MODE         Ray's token authentication [token if a token is found (RAY_AUTH_TOKEN,
+#   RAY_AUTH_MODE         Ray's token authentication [token if a token is given (RAY_AUTH_TOKEN,
 #                         RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), else disabled]
+#   RAY_AUTH_TOKEN_PATH   the token file; `node` rank 0 writes a fresh one (mode 0600) if it is
+#                         missing, before the head starts (the NeMo-Run path sets it per job)
 
 set -euo pipefail
 
@@ -229,6 +231,7 @@ rlrt_ray_node() {
     fi
     mkdir -p "$(dirname "$file")"
     rm -f "$file"
+    rlrt_ray_make_token
     RLRT_RAY_BLOCK=1 setsid bash "$self" head &
     local head_pid=$! ip status=0 trainer_pid
     ip="$(rlrt_node_ip)"
@@ -261,14 +264,29 @@ rlrt_ray_node() {
 # Ray 2.60 turns token authentication on for a head that finds a token (RAY_AUTH_TOKEN,
 # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) but leaves it off for a joining worker whose
 # RAY_AUTH_MODE is unset, which the head then rejects. Decide once, the same way on every node.
+# A RAY_AUTH_TOKEN_PATH that is set means token mode even before the file exists (`node` rank 0
+# writes it), so no node of such a job ever runs with authentication off.
 rlrt_ray_auth() {
     if [[ -n "${RAY_AUTH_MODE:-}" ]]; then
         return
     fi
-    if [[ -n "${RAY_AUTH_TOKEN:-}" || -s "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ]]; then
+    if [[ -n "${RAY_AUTH_TOKEN:-}" || -n "${RAY_AUTH_TOKEN_PATH:-}" || -s "$HOME/.ray/auth_token" ]]; then
         export RAY_AUTH_MODE=token
     else
         export RAY_AUTH_MODE=disabled
+    fi
+}
+
+# Token mode with a token file that does not exist yet: write a fresh random token, readable by
+# this user only. Workers read it after the head's address file appears, i.e. after this.
+rlrt_ray_make_token() {
+    if [[ "${RAY_AUTH_MODE:-}" != token || -z "${RAY_AUTH_TOKEN_PATH:-}" || -n "${RAY_AUTH_TOKEN:-}" ]]; then
+        return
+    fi
+    if [[ ! -s "$RAY_AUTH_TOKEN_PATH" ]]; then
+        mkdir -p "$(dirname "$RAY_AUTH_TOKEN_PATH")"
+        (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$RAY_AUTH_TOKEN_PATH")
+        rlrt_log "wrote a Ray auth token for this job: $RAY_AUTH_TOKEN_PATH"
     fi
 }
 

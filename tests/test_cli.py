@@ -66,6 +66,55 @@ def test_export_rejects_a_layout_before_starting_processes(tiny_qwen3_dir, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_export_refuses_a_folder_with_foreign_files_and_keeps_them(
+    tiny_qwen3_dir, tmp_path, capsys
+):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my data")
+    assert main(["export", str(tiny_qwen3_dir), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("rlrt export: error:") and "not an earlier export" in err
+    assert "notes.txt" in err and (out / "notes.txt").read_text() == "my data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging folder either
+
+
+def test_export_refuses_the_sources_parent_and_keeps_the_source(tmp_path, capsys):
+    from rlrt_megatron.models.tiny import build_tiny_qwen3
+
+    source = build_tiny_qwen3(tmp_path / "models" / "tiny")
+    before = sorted(p.name for p in source.iterdir())
+    for target in (source.parent, tmp_path):
+        assert main(["export", str(source), str(target)]) == 1
+        err = capsys.readouterr().err
+        assert "it contains the source" in err, err
+    assert sorted(p.name for p in source.iterdir()) == before
+
+
+def test_an_earlier_export_or_an_empty_folder_may_be_replaced(tmp_path):
+    from rlrt_megatron.megatron.checkpoint import (
+        EXPORT_MARKER,
+        OutputFolderError,
+        check_output_folder,
+    )
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (tmp_path / "empty").mkdir()
+    check_output_folder(tmp_path / "empty", source)
+    check_output_folder(tmp_path / "new", source)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(OutputFolderError, match="not an earlier export"):
+        check_output_folder(earlier, source)
+    (earlier / EXPORT_MARKER).write_text("{}")
+    check_output_folder(earlier, source)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputFolderError, match="not a folder"):
+        check_output_folder(tmp_path / "file", source)
+
+
 def _logits(folder: Path, tokens: torch.Tensor) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
@@ -82,6 +131,7 @@ def test_export_round_trip_at_pp2_is_bit_exact(tiny_qwen3_untied_dir, tmp_path, 
     assert code == 0
     assert "bit-exact: True" in capsys.readouterr().out
     assert (out / "model.safetensors.index.json").is_file()  # several shards
+    assert (out / "rlrt_export.json").is_file()  # marks it as an export a later one may replace
     tokens = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(3))
     assert torch.equal(_logits(out, tokens), _logits(tiny_qwen3_untied_dir, tokens))
 

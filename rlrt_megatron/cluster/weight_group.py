@@ -12,6 +12,16 @@ host hop) or gloo on CPU, without the Ray object store. Every worker of a TP>1 e
 and receives every bucket: vLLM's ``load_weights`` then keeps its own shard, as with the
 object-store transport.
 
+**Network exposure.** Rank 0's store listens on ``spec.host`` only (a socket bound to that
+address is handed to the ``TCPStore``; torch's own would listen on every interface), and every
+member proves it holds the group's per-group random ``secret`` before the group is formed: rank 0
+publishes a nonce, each member answers with HMAC-SHA256(secret, name|rank|nonce), and rank 0
+forms the group only if every answer checks out (otherwise all members raise
+`WeightGroupAuthError`). The secret travels inside the spec, i.e. through Ray (whose own token
+authentication guards that channel). What this does not give: confidentiality of the store's
+key-value traffic, or protection from a host that can already reach the store and races the
+members (it can make the join fail, not pass); the store is open only while the group forms.
+
 The group is built directly from a ``TCPStore`` (hosted by rank 0) and a ``ProcessGroupGloo`` /
 ``ProcessGroupNCCL`` object, *not* through ``torch.distributed.init_process_group``: both sides
 already have a default world of their own (Megatron's on the trainer, vLLM's in each worker),
@@ -27,7 +37,11 @@ the stream and ``[-1, 0, 0]`` aborts it (the sender hit an error; receivers rais
 from __future__ import annotations
 
 import datetime
+import hashlib
+import hmac
 import json
+import secrets
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,6 +59,14 @@ class WeightGroupAborted(RuntimeError):
     """The sender aborted a broadcast stream (its error is raised on the sender's side)."""
 
 
+class WeightGroupAuthError(RuntimeError):
+    """A member could not prove it holds the group's secret: the group is not formed."""
+
+
+def _new_secret() -> str:
+    return secrets.token_hex(32)
+
+
 @dataclass(frozen=True)
 class WeightGroupSpec:
     """Where and how to form one weight group: rank 0 hosts the store at ``host:port``."""
@@ -55,6 +77,8 @@ class WeightGroupSpec:
     world_size: int
     backend: Backend = "gloo"
     timeout_s: float = 600.0
+    secret: str = field(default_factory=_new_secret, repr=False)
+    """Per-group shared secret every member proves on joining (fresh for each spec)."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("gloo", "nccl"):
@@ -85,12 +109,70 @@ def join_weight_group(spec: WeightGroupSpec, rank: int) -> WeightGroup:
     if not 0 <= rank < spec.world_size:
         raise ValueError(f"rank {rank} is outside the weight group of {spec.world_size}")
     timeout = datetime.timedelta(seconds=spec.timeout_s)
-    store = dist.TCPStore(
-        spec.host, spec.port, spec.world_size, is_master=rank == 0, timeout=timeout
-    )
+    if rank == 0:
+        store = dist.TCPStore(
+            spec.host,
+            spec.port,
+            spec.world_size,
+            is_master=True,
+            timeout=timeout,
+            master_listen_fd=_listen_on(spec.host, spec.port),
+            use_libuv=False,  # torch 2.13's libuv server crashes on a listening fd handed over
+        )
+    else:
+        store = dist.TCPStore(spec.host, spec.port, spec.world_size, timeout=timeout)
     store = dist.PrefixStore(f"rlrt/{spec.name}/", store)
+    authenticate_members(store, spec, rank)
     group = make_process_group(spec.backend, store, rank, spec.world_size, timeout)
     return WeightGroup(spec=spec, rank=rank, process_group=group, store=store)
+
+
+def _listen_on(host: str, port: int) -> int:
+    """A listening socket bound to ``host:port`` only; its descriptor is handed to the store,
+    which owns (and closes) it from then on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(max(128, socket.SOMAXCONN))
+    except OSError:
+        sock.close()
+        raise
+    return sock.detach()
+
+
+def _proof(spec: WeightGroupSpec, rank: int, nonce: str) -> str:
+    message = f"{spec.name}|{rank}|{nonce}".encode()
+    return hmac.new(spec.secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def authenticate_members(store: Any, spec: WeightGroupSpec, rank: int) -> None:
+    """Rank 0 checks that every member knows ``spec.secret`` (see the module docstring); raises
+    `WeightGroupAuthError` on every member when one does not."""
+    if rank == 0:
+        nonce = secrets.token_hex(16)
+        store.set("auth/nonce", nonce)
+        refused = [
+            member
+            for member in range(1, spec.world_size)
+            if not hmac.compare_digest(
+                store.get(f"auth/{member}").decode(errors="replace"), _proof(spec, member, nonce)
+            )
+        ]
+        store.set("auth/verdict", "refused" if refused else "ok")
+        if refused:
+            raise WeightGroupAuthError(
+                f"weight group {spec.name}: member(s) {refused} did not prove the group's "
+                "secret; the group was not formed"
+            )
+        return
+    nonce = store.get("auth/nonce").decode()
+    store.set(f"auth/{rank}", _proof(spec, rank, nonce))
+    if store.get("auth/verdict").decode() != "ok":
+        raise WeightGroupAuthError(
+            f"weight group {spec.name}: rank 0 refused the join (secret mismatch)"
+        )
 
 
 def make_process_group(

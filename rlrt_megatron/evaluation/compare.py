@@ -85,10 +85,22 @@ def run_compare(
             except ConfigError as e:
                 raise ConfigError(f"{config_path} ({method}, seed {seed}): {e}") from None
     for (method, seed), config in configs.items():
-        if not (config.run_dir / "summary.json").is_file():
+        if not run_finished(config.run_dir):
             print(f"compare: training {method} seed {seed} in {config.run_dir}", flush=True)
             train(config)
     return write_comparison(output, methods, seeds)
+
+
+def run_finished(run_dir: Path) -> bool:
+    """A run folder whose ``summary.json`` is that of a finished run (a pre-empted run writes one
+    too, marked ``preempted``: it resumes)."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return False
+    try:
+        return not json.loads(path.read_text()).get("preempted", False)
+    except ValueError:  # torn by a kill: rerun (resumes from the last checkpoint)
+        return False
 
 
 def base_tree(config_path: str | Path, overrides: Sequence[str], output: Path) -> dict[str, Any]:

@@ -68,6 +68,13 @@ def train_script(
         "RLRT_RAY_ADDRESS_FILE",
         f"{workdir}/logs/ray-head-address-${{SLURM_JOB_ID}}-${{SLURM_RESTART_COUNT:-0}}",
     )
+    # Ray token authentication on, as in slurm/rlrt_ray.sbatch: node 0's bootstrap writes a fresh
+    # token (mode 0600) there before the head starts; every node reads it. A mode or token the
+    # caller chose is kept.
+    if not any(k in env for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        env["RAY_AUTH_TOKEN_PATH"] = (
+            f"{workdir}/logs/ray-auth-token-${{SLURM_JOB_ID}}-${{SLURM_RESTART_COUNT:-0}}"
+        )
     return run.Script(path=str(workdir / BOOTSTRAP), args=["node", str(nodes), *command], env=env)
 
 

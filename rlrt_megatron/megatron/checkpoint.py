@@ -32,7 +32,17 @@ above ``max_shard_bytes``, with ``model.safetensors.index.json``), the source ch
 transformers and vLLM read (tested with transformers). Also written into a temporary sibling
 and renamed when complete.
 
-All functions here are collective: every rank of the model-parallel world calls them.
+**Nothing in a checkpoint is executed when it is loaded.** The trainer's ``extra`` and per-rank
+state are JSON (:mod:`~rlrt_megatron.megatron.safe_state`); format-1 checkpoints' ``extra.pt``
+files are read through torch's restricted unpickler only; megatron-core reads ``common.pt`` the
+same way (torch's ``weights_only`` default), and torch.distributed.checkpoint's ``.metadata``,
+which torch unpickles freely, is dry-run through an allow-list first (:func:`check_dcp_metadata`).
+A crafted file is refused with :class:`UnsafeCheckpointError`.
+
+HF exports replace their target folder, so they refuse a folder that holds the source model or
+anything but an earlier export (:func:`check_output_folder`; exports carry ``rlrt_export.json``).
+
+Most functions here are collective: every rank of the model-parallel world calls them.
 """
 
 from __future__ import annotations
@@ -51,10 +61,23 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-CHECKPOINT_FORMAT_VERSION = 1
+from rlrt_megatron.megatron.safe_state import (
+    UnsafeStateError,
+    check_pickle,
+    load_legacy_torch_file,
+    load_state,
+    save_state,
+)
+
+# Format 2 keeps the trainer's extra / per-rank state as JSON (safe_state); format 1 kept it as
+# torch pickles, which are still read, through torch's restricted unpickler only.
+CHECKPOINT_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 META_FILE = "rlrt_meta.json"
 LATEST_FILE = "latest"
-EXTRA_FILE = "extra.pt"
+EXTRA_FILE = "extra.json"
+LEGACY_EXTRA_FILE = "extra.pt"  # format 1
+DCP_METADATA_FILE = ".metadata"  # torch.distributed.checkpoint's index (a plain pickle)
 RANK_EXTRA_DIR = "rank_extra"
 INCOMPLETE_PREFIX = ".incomplete-"
 HF_SUBDIR = "hf"  # a checkpoint's HF export of the policy weights (trainer.save_hf)
@@ -66,10 +89,21 @@ _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 # Weight files that are never copied from the source checkpoint into an HF export.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
 _WEIGHT_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# Written into every HF export: marks a folder that a later export may replace. Any other
+# non-empty folder is refused as an export target (it is someone's data).
+EXPORT_MARKER = "rlrt_export.json"
 
 
 class CheckpointLoadError(RuntimeError):
     """A checkpoint directory is missing, incomplete, or does not fit what is being loaded."""
+
+
+class OutputFolderError(ValueError):
+    """An output folder that writing (and replacing) would destroy data in."""
+
+
+class UnsafeCheckpointError(CheckpointLoadError):
+    """A checkpoint file would run code (or name objects outside the allow-list) if loaded."""
 
 
 @dataclass(frozen=True)
@@ -138,10 +172,10 @@ def find_latest(run_dir: str | Path) -> Path | None:
 
 
 def resolve_resume(run_dir: str | Path, resume: str | Path | None) -> Path | None:
-    """Interpret a ``resume`` setting: ``None`` / ``"none"`` → start fresh; ``"auto"`` → the
-    latest complete checkpoint of ``run_dir`` (``None`` if there is none); anything else → that
-    checkpoint directory, which must be complete."""
-    if resume is None or str(resume) == "none":
+    """Interpret a ``resume`` setting: ``None`` / ``"never"`` / ``"none"`` → start fresh;
+    ``"auto"`` → the latest complete checkpoint of ``run_dir`` (``None`` if there is none);
+    anything else → that checkpoint directory, which must be complete."""
+    if resume is None or str(resume) in ("never", "none"):
         return None
     if str(resume) == "auto":
         return find_latest(run_dir)
@@ -152,6 +186,59 @@ def resolve_resume(run_dir: str | Path, resume: str | Path | None) -> Path | Non
             f"step_N directory containing {META_FILE}); use resume='auto' to pick the latest"
         )
     return path
+
+
+def verify_checkpoint_files(path: str | Path) -> None:
+    """Check, without loading any tensor, that a checkpoint would load: complete, a readable
+    format, its extra state readable (and safe), its ``.metadata`` safe, every byte range the
+    metadata lists present in its shard files. Raises :class:`CheckpointLoadError` (or
+    :class:`UnsafeCheckpointError`) naming the problem."""
+    import pickle
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointLoadError(f"{path}: no such checkpoint directory")
+    if not is_complete_checkpoint(path):
+        raise CheckpointLoadError(
+            f"{path} is not a complete checkpoint (a step_N directory with {META_FILE})"
+        )
+    meta = read_meta(path)
+    _load_extra_state(path, meta)
+    for name in (DCP_METADATA_FILE, "common.pt"):
+        if not (path / name).is_file():
+            raise CheckpointLoadError(f"{path}: {name} is missing")
+    check_dcp_metadata(path)
+    try:  # safe: check_dcp_metadata allowed only metadata classes in this pickle
+        storage = pickle.loads((path / DCP_METADATA_FILE).read_bytes()).storage_data or {}
+    except Exception as error:
+        raise CheckpointLoadError(f"{path / DCP_METADATA_FILE}: unreadable ({error})") from None
+    needed: dict[str, int] = {}
+    for info in storage.values():
+        end = int(info.offset) + int(info.length)
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, end in sorted(needed.items()):
+        file = path / name
+        if not file.is_file():
+            raise CheckpointLoadError(f"{path}: shard file {name} is missing")
+        if file.stat().st_size < end:
+            raise CheckpointLoadError(
+                f"{path}: shard file {name} is truncated ({file.stat().st_size} bytes, "
+                f"{end} expected)"
+            )
+
+
+def find_loadable(run_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint of ``run_dir`` that passes :func:`verify_checkpoint_files`
+    (``None`` if none does), and the newer ones passed over, each with the reason."""
+    skipped: list[tuple[Path, str]] = []
+    for candidate in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint_files(candidate)
+        except CheckpointLoadError as error:
+            skipped.append((candidate, str(error)))
+            continue
+        return candidate, skipped
+    return None, skipped
 
 
 def resolve_hf_model(path: str | Path) -> Path:
@@ -179,9 +266,15 @@ def resolve_hf_model(path: str | Path) -> Path:
             )
     hf = checkpoint / HF_SUBDIR
     if not (hf / "config.json").is_file():
+        if (checkpoint / f"{INCOMPLETE_PREFIX}{HF_SUBDIR}").exists():
+            raise CheckpointLoadError(
+                f"{checkpoint}: the checkpoint's HF export was interrupted; resuming the run "
+                f"(trainer.resume=auto) writes it again"
+            )
         raise CheckpointLoadError(
-            f"{checkpoint}: the checkpoint has no HF export ({HF_SUBDIR}/config.json); it was "
-            f"written with trainer.save_hf=false; export it with the actor first"
+            f"{checkpoint}: the checkpoint has no HF export ({HF_SUBDIR}/config.json): it was "
+            f"written with trainer.save_hf=false (or its export never started); resuming the "
+            f"run with trainer.save_hf=true writes it"
         )
     return hf
 
@@ -355,8 +448,9 @@ def save_checkpoint(
         optimizer: the megatron optimizer from
             :func:`~rlrt_megatron.megatron.optimizer.build_optimizer` (or ``None``).
         scheduler: its ``OptimizerParamScheduler`` (or ``None``).
-        extra: picklable trainer state; rank 0's copy is saved.
-        rank_extra: picklable per-rank state (e.g. RNG states), saved for every rank.
+        extra: trainer state (dicts, lists, tuples, numbers, strings, tensors, NumPy arrays:
+            :mod:`~rlrt_megatron.megatron.safe_state`); rank 0's copy is saved as JSON.
+        rank_extra: per-rank state of the same kinds (e.g. RNG states), saved for every rank.
         keep_last: if set, delete older complete checkpoints so that this many remain.
         _before_commit: test hook called on every rank after the shards are written and before
             the commit (to simulate a crash).
@@ -383,10 +477,10 @@ def save_checkpoint(
         state["scheduler"] = scheduler.state_dict()  # plain values: saved once, in common.pt
     dist_checkpointing.save(state, str(staging))
     if rank == 0:
-        torch.save(dict(extra or {}), staging / EXTRA_FILE)
+        save_state(dict(extra or {}), staging / EXTRA_FILE)
     if rank_extra is not None:
         (staging / RANK_EXTRA_DIR).mkdir(exist_ok=True)
-        torch.save(dict(rank_extra), staging / RANK_EXTRA_DIR / f"rank_{rank:05d}.pt")
+        save_state(dict(rank_extra), staging / RANK_EXTRA_DIR / f"rank_{rank:05d}.json")
     if _before_commit is not None:
         _before_commit(staging)
     _barrier()  # every rank's files are written
@@ -435,17 +529,15 @@ def load_checkpoint(
         raise CheckpointLoadError(
             f"{path} is not a complete checkpoint (a step_N directory with {META_FILE})"
         )
-    meta = json.loads((path / META_FILE).read_text())
-    if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointLoadError(
-            f"{path}: checkpoint format {meta.get('format_version')} is not the supported "
-            f"format {CHECKPOINT_FORMAT_VERSION}"
-        )
+    meta = read_meta(path)
     if optimizer is not None and not meta["has_optimizer"]:
         raise CheckpointLoadError(f"{path} has no optimizer state (saved with optimizer=None)")
     if scheduler is not None and not meta["has_scheduler"]:
         raise CheckpointLoadError(f"{path} has no scheduler state (saved with scheduler=None)")
 
+    # Every file that would be unpickled is checked before megatron-core reads any of them.
+    extra = _load_extra_state(path, meta)
+    check_dcp_metadata(path)
     _apply_checkpoint_compat()
     if optimizer is not None:
         _materialize_optimizer_state(optimizer)
@@ -471,17 +563,99 @@ def load_checkpoint(
     if scheduler is not None:
         scheduler.load_state_dict(loaded["scheduler"])
 
-    extra = torch.load(path / EXTRA_FILE, weights_only=False)
     rank_extra = None
-    rank_file = path / RANK_EXTRA_DIR / f"rank_{_rank():05d}.pt"
     same_world = meta["layout"]["world_size"] == (
         dist.get_world_size() if dist.is_initialized() else 1
     )
-    if meta["has_rank_extra"] and same_world and rank_file.is_file():
-        rank_extra = torch.load(rank_file, weights_only=False)
+    if meta["has_rank_extra"] and same_world:
+        rank_extra = _read_state_file(path / RANK_EXTRA_DIR, f"rank_{_rank():05d}", meta)
     return LoadedCheckpoint(
         path=path, step=int(meta["step"]), extra=extra, rank_extra=rank_extra, meta=meta
     )
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """``rlrt_meta.json`` of a checkpoint, checked to be a format this code reads."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointLoadError(f"{path / META_FILE}: unreadable ({error})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CheckpointLoadError(
+            f"{path}: checkpoint format {version} is not one this version reads "
+            f"{list(READABLE_FORMAT_VERSIONS)}"
+        )
+    return meta
+
+
+def _read_state_file(folder: Path, stem: str, meta: dict[str, Any]) -> Any:
+    """``stem.json`` (format 2) or, for a format-1 checkpoint, ``stem.pt`` through torch's
+    restricted unpickler; ``None`` if the file is absent. Never executes code from the file."""
+    try:
+        if meta["format_version"] >= 2:
+            file = folder / f"{stem}.json"
+            return load_state(file) if file.is_file() else None
+        file = folder / f"{stem}.pt"
+        return load_legacy_torch_file(file) if file.is_file() else None
+    except UnsafeStateError as error:
+        raise UnsafeCheckpointError(str(error)) from None
+
+
+def _load_extra_state(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    extra = _read_state_file(path, Path(EXTRA_FILE).stem, meta)
+    if extra is None:
+        name = EXTRA_FILE if meta["format_version"] >= 2 else LEGACY_EXTRA_FILE
+        raise CheckpointLoadError(f"{path}: {name} is missing (an incomplete checkpoint)")
+    if not isinstance(extra, dict):
+        raise UnsafeCheckpointError(f"{path}: the extra state is not a mapping")
+    return extra
+
+
+# Plain constructors / look-ups the metadata pickle names besides torch.distributed.checkpoint's
+# dataclasses and enums (checked with torch 2.13: storage paths, layouts by name).
+_DCP_METADATA_FUNCTIONS = {
+    ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("torch.serialization", "_get_layout"),
+}
+
+
+def _dcp_metadata_global_allowed(module: str, name: str) -> bool:
+    """The globals torch.distributed.checkpoint's ``.metadata`` pickle may name: its own
+    dataclasses and enums, torch's Size / dtype / layout / memory-format values and
+    ``_DCP_METADATA_FUNCTIONS``."""
+    import dataclasses
+    import enum
+    import importlib
+
+    if (module, name) in _DCP_METADATA_FUNCTIONS:
+        return True
+    if module == "torch":
+        value = getattr(torch, name, None)
+        return value is torch.Size or isinstance(
+            value, (torch.dtype, torch.layout, torch.memory_format)
+        )
+    if module.startswith("torch.distributed.checkpoint."):
+        value = getattr(importlib.import_module(module), name, None)
+        return isinstance(value, type) and (
+            dataclasses.is_dataclass(value) or issubclass(value, enum.Enum)
+        )
+    return False
+
+
+def check_dcp_metadata(path: str | Path) -> None:
+    """Refuse a checkpoint whose ``.metadata`` (which torch reads with plain ``pickle.load``)
+    names anything but checkpoint-metadata classes."""
+    file = Path(path) / DCP_METADATA_FILE
+    if not file.is_file():
+        return  # dist_checkpointing reports the missing index itself
+    try:
+        check_pickle(file, _dcp_metadata_global_allowed)
+    except UnsafeStateError as error:
+        raise UnsafeCheckpointError(str(error)) from None
 
 
 def _materialize_optimizer_state(optimizer: Any) -> None:
@@ -545,7 +719,8 @@ def export_hf_folder(
     Args:
         model: a :class:`~rlrt_megatron.models.qwen3_megatron.Qwen3MegatronModel`.
         out_dir: the folder to create; an existing one is replaced only once the new one is
-            complete.
+            complete, and only if it is empty or an earlier export (it holds ``rlrt_export.json``):
+            see :func:`check_output_folder`.
         source_dir: the HF folder to copy config/tokenizer files from (default: the checkpoint
             the model was built from).
         dtype: cast the weights to this dtype (default: the model's parameter dtype).
@@ -566,6 +741,7 @@ def export_hf_folder(
     staging = out_dir.parent / f"{INCOMPLETE_PREFIX}{out_dir.name}"
     rank = _rank()
     if rank == 0:
+        check_output_folder(out_dir, source_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         if staging.exists():
             shutil.rmtree(staging)
@@ -628,7 +804,7 @@ def _finish_hf_folder(
         (staging / "model.safetensors.index.json").write_text(json.dumps(index_doc, indent=2))
 
     for item in source_dir.iterdir():
-        if not item.is_file() or item.name in _WEIGHT_INDEX_FILES:
+        if not item.is_file() or item.name in _WEIGHT_INDEX_FILES or item.name == EXPORT_MARKER:
             continue
         if item.name.endswith(_WEIGHT_SUFFIXES) or item.name == "config.json":
             continue
@@ -641,6 +817,31 @@ def _finish_hf_folder(
         for key in keys:
             config[key] = _DTYPE_NAMES[dtype]
     (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    marker = {"written_by": "rlrt_megatron export_hf_folder", "source": str(source_dir)}
+    (staging / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def check_output_folder(out_dir: str | Path, *sources: str | Path) -> None:
+    """Refuse an export target whose replacement would destroy data: a folder that is, or
+    contains, one of ``sources``; an existing file; a non-empty folder that is not an earlier
+    export (no ``rlrt_export.json``). Raises :class:`OutputFolderError` naming the folder."""
+    out = Path(out_dir).resolve()
+    for source in sources:
+        source = Path(source).resolve()
+        if source == out or out in source.parents:
+            raise OutputFolderError(
+                f"{out_dir}: refusing to write there: it contains the source {source} (the "
+                "export replaces the whole folder)"
+            )
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"{out_dir}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARKER).is_file():
+        found = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise OutputFolderError(
+            f"{out_dir}: refusing to replace a non-empty folder that is not an earlier export "
+            f"(no {EXPORT_MARKER}; holds {shown}); choose a new or empty folder"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,15 +21,28 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+USER_ERROR = 2  # exit status of a bad setting or input, refused before anything started
+
+
 def _run_train(args: argparse.Namespace) -> int:
+    from rlrt_megatron.data.records import DatasetError
     from rlrt_megatron.trainer.config import load_run_config
-    from rlrt_megatron.trainer.loop import train
+    from rlrt_megatron.trainer.preemption import PreemptionHandler
+    from rlrt_megatron.trainer.preflight import preflight
 
     try:
-        config = load_run_config(args.config, args.overrides)
-    except ConfigError as error:
-        raise CommandError(str(error)) from None
-    summary = train(config)
+        # A pre-emption signal during the checks and imports ends the command cleanly (status
+        # 0): nothing has started yet. From `train` on, its own handler takes over.
+        with PreemptionHandler() as early:
+            config = load_run_config(args.config, args.overrides)
+            checked = preflight(config)  # before the heavy imports below and any process
+            from rlrt_megatron.trainer.loop import train
+        if early.should_stop:
+            print(f"rlrt train: {early.received.name} before start-up: nothing was started")
+            return 0
+        summary = train(config, checked)
+    except (ConfigError, DatasetError) as error:  # PreflightError is a ConfigError
+        raise CommandError(str(error), exit_code=USER_ERROR) from None
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -148,7 +148,11 @@ class TrainerSection:
     steps: int
     run_dir: str
     resume: str = "auto"
-    """auto: continue from the run folder's latest checkpoint if any; never; or a path."""
+    """auto: continue from the run folder's newest intact checkpoint if any; never (alias none):
+    start fresh, refused if the run folder holds checkpoints unless ``overwrite``; or a path."""
+    overwrite: bool = False
+    """With resume=never: delete the run folder's previous checkpoints, metrics, evaluations
+    and summary before starting (without it a fresh start over an old run is refused)."""
     save_every: int = 10
     keep_last: int | None = None
     """Keep only this many checkpoints (oldest deleted after each save); None keeps all."""

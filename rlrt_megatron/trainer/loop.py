@@ -20,7 +20,7 @@ import torch
 from rlrt_megatron.cluster.agreement import logprob_agreement
 from rlrt_megatron.configuration import save_config
 from rlrt_megatron.data.templating import encode_chat
-from rlrt_megatron.megatron.checkpoint import HF_SUBDIR, resolve_resume
+from rlrt_megatron.megatron.checkpoint import HF_SUBDIR
 from rlrt_megatron.megatron.train_step import TrainBatch, UpdateConfig
 from rlrt_megatron.rewards.pool import RewardPool
 from rlrt_megatron.rollout.sampling import SamplingConfig
@@ -28,6 +28,7 @@ from rlrt_megatron.trainer.config import RunConfig
 from rlrt_megatron.trainer.evaluation import evaluate, evaluate_per_prompt, paired_difference
 from rlrt_megatron.trainer.metrics import MetricsLogger, StepTimer, read_metrics
 from rlrt_megatron.trainer.preemption import PreemptionHandler
+from rlrt_megatron.trainer.preflight import Preflight, clear_run_outputs, preflight
 from rlrt_megatron.trainer.prompts import load_prompts, load_tokenizer, prompt_batches
 from rlrt_megatron.trainer.stack import (
     build_placement,
@@ -209,11 +210,87 @@ def _rng_state(generator: torch.Generator) -> dict:
     }
 
 
-def train(config: RunConfig) -> dict[str, Any]:
-    """Run (or resume) a training run; returns the summary also written to ``summary.json``."""
+def _note_preemption(summary: dict[str, Any], stop: PreemptionHandler, step: int) -> None:
+    name = stop.received.name if stop.received is not None else "a signal"
+    logger.warning("pre-empted by %s: stopping at step %d, final evaluation skipped", name, step)
+    summary.update(
+        preempted=True,
+        preempted_at_step=step,
+        preempted_by=name,
+        note=f"pre-empted by {name} at step {step}: the final evaluation was skipped; "
+        "trainer.resume=auto continues the run",
+    )
+
+
+def _load_resume_checkpoint(
+    config: RunConfig, run: _Run, first: Path | None
+) -> tuple[Path | None, dict | None]:
+    """Load ``first`` (preflight's pick) into the ranks; with ``resume=auto`` a checkpoint that
+    fails to load is skipped for the next older intact one (said in the log). With
+    ``trainer.save_hf`` a checkpoint whose HF export is missing (a kill during the export) gets
+    it written now: a checkpoint is complete only with its ``hf/``. (Preflight already skipped
+    checkpoints whose files are damaged, before any rank loads; a failure that only the load
+    finds, on some ranks, can leave the others in a collective until its timeout.)"""
+    if first is None:
+        return None, None
+    candidates = [first]
+    if str(config.trainer.resume) == "auto":
+        candidates += _older_checkpoints(checkpoint_dir(config), first)
+    for index, path in enumerate(candidates):
+        try:
+            extra = run.policy.run_all(load_on_rank, str(path))[0]
+        except Exception as error:
+            if index + 1 == len(candidates):
+                raise
+            logger.warning("resume=auto: %s failed to load (%s); trying an older one", path, error)
+            continue
+        if config.trainer.save_hf and not (path / HF_SUBDIR / "config.json").is_file():
+            logger.warning("%s has no complete %s/ export: writing it now", path, HF_SUBDIR)
+            run.policy.run_all(export_hf_on_rank, str(path / HF_SUBDIR))
+        return path, extra
+    return None, None
+
+
+def _older_checkpoints(run_dir: Path, than: Path) -> list[Path]:
+    """Intact checkpoints of ``run_dir`` older than ``than``, newest first."""
+    from rlrt_megatron.megatron.checkpoint import (
+        CheckpointLoadError,
+        list_checkpoints,
+        verify_checkpoint_files,
+    )
+
+    older = []
+    for path in reversed(list_checkpoints(run_dir)):
+        if path.name >= than.name:  # step_N names are zero-padded: they sort by step
+            continue
+        try:
+            verify_checkpoint_files(path)
+        except CheckpointLoadError:
+            continue
+        older.append(path)
+    return older
+
+
+def train(config: RunConfig, checked: Preflight | None = None) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the summary also written to ``summary.json``.
+
+    Pre-emption signals (SIGTERM, SIGUSR1) are caught from the first line: one that arrives
+    during start-up stops the run before its first step, one during training after the current
+    step's checkpoint; either way the final evaluation is skipped (Slurm's grace window is short)
+    and the summary says where the run stopped. ``checked``: the result of `preflight` when the
+    caller ran it already (otherwise it runs here, before anything starts)."""
+    with PreemptionHandler() as stop:
+        return _train(config, stop, checked)
+
+
+def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None) -> dict[str, Any]:
     from rlrt_megatron.cluster.ray_cluster import init_ray
 
     started = time.time()
+    checked = checked or preflight(config)  # raises PreflightError before anything starts
+    if checked.clear_run_folder:
+        removed = clear_run_outputs(config.run_dir)
+        logger.warning("trainer.overwrite: deleted %s from %s", removed, config.run_dir)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
@@ -236,9 +313,8 @@ def train(config: RunConfig) -> dict[str, Any]:
     with RewardPool.from_config(config.reward) as rewards, build_placement(config) as placement:
         run = _Run(placement, rewards, tokenizer)
         state = RunState()
-        resume_from = resolve_resume(checkpoint_dir(config), config.trainer.resume)
+        resume_from, extra = _load_resume_checkpoint(config, run, checked.resume_from)
         if resume_from is not None:
-            extra = run.policy.run_all(load_on_rank, str(resume_from))[0]
             state = RunState(step=extra["step"], data=extra.get("data"), rng=extra.get("rng"))
             batches.load_state_dict(state.data)
             generator.set_state(state.rng["torch"])
@@ -255,8 +331,12 @@ def train(config: RunConfig) -> dict[str, Any]:
             seed=config.trainer.seed,
         )
         summary: dict[str, Any] = {"method": config.algorithm.method, "data": data_counts}
+        if resume_from is not None:
+            summary["resumed_from"] = str(resume_from)
+        if checked.skipped_checkpoints:
+            summary["skipped_checkpoints"] = {str(p): why for p, why in checked.skipped_checkpoints}
         before_file = run_dir / "eval_before.json"  # kept so that a resumed run can pair
-        if eval_prompts and state.step == 0:
+        if eval_prompts and state.step == 0 and not stop.should_stop:
             metrics, per_prompt = evaluate_per_prompt(
                 run.engines, rewards, eval_prompts, eval_sampling
             )
@@ -275,9 +355,11 @@ def train(config: RunConfig) -> dict[str, Any]:
                 initial_step=state.step,
                 console=config.trainer.console,
             ) as log,
-            PreemptionHandler() as stop,
         ):
             for step in range(state.step, config.trainer.steps):
+                if stop.should_stop:  # signalled during start-up: no step to checkpoint
+                    _note_preemption(summary, stop, step)
+                    break
                 last = rl_step(config, step, run, next(batches), generator)
                 if config.eval.every and eval_prompts and (step + 1) % config.eval.every == 0:
                     last.update(
@@ -303,10 +385,11 @@ def train(config: RunConfig) -> dict[str, Any]:
                     if config.trainer.save_hf:
                         run.policy.run_all(export_hf_on_rank, str(Path(saved) / HF_SUBDIR))
                 if stop.should_stop:
-                    logger.warning("stopping after step %d on %s", step + 1, stop.received)
-                    summary["preempted"] = True
+                    _note_preemption(summary, stop, step + 1)
                     break
-        if eval_prompts:
+        if stop.should_stop and not summary.get("preempted"):  # no step was left to run
+            _note_preemption(summary, stop, max(state.step, config.trainer.steps))
+        if eval_prompts and not summary.get("preempted"):
             summary["eval_after"], after = evaluate_per_prompt(
                 run.engines, rewards, eval_prompts, eval_sampling
             )
@@ -330,5 +413,7 @@ def train(config: RunConfig) -> dict[str, Any]:
         summary["eval_accuracy_before"] = summary["eval_before"]["accuracy"]
     if "eval_after" in summary:
         summary["eval_accuracy_after"] = summary["eval_after"]["accuracy"]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    staging = run_dir / "summary.json.tmp"  # replaced in one step: a kill never tears it
+    staging.write_text(json.dumps(summary, indent=2, default=str))
+    staging.replace(run_dir / "summary.json")
     return summary

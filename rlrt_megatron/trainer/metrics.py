@@ -9,11 +9,14 @@ step time).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 CONSOLE_KEYS = ("reward/mean", "reward/accuracy", "loss", "grad_norm", "lambda", "time/step")
 
@@ -31,6 +34,7 @@ class MetricsLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.run_dir / "metrics.jsonl"
+        _drop_torn_tail(self.jsonl_path)
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
@@ -75,15 +79,45 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The metrics of every logged step, in order (the last record wins for a repeated step)."""
+    """The metrics of every logged step, in order (the last record wins for a repeated step).
+
+    A line that is not a whole record (a kill in the middle of an append leaves a torn last
+    line) is skipped with a warning."""
     by_step: dict[int, dict] = {}
     path = Path(run_dir) / "metrics.jsonl"
     if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
                 record = json.loads(line)
-                by_step[record["step"]] = record
+                by_step[int(record["step"])] = record
+            except (ValueError, KeyError, TypeError):
+                logger.warning("%s:%d: not a complete metrics record, skipped", path, number)
     return [by_step[s] for s in sorted(by_step)]
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (an append interrupted by a kill), so that the next
+    record starts on a line of its own instead of being glued to the fragment."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, 2)
+        if size == 0:
+            return
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        start = max(0, size - (1 << 20))  # a record is far shorter than 1 MiB
+        handle.seek(start)
+        cut = handle.read().rfind(b"\n")
+        if cut < 0 and start > 0:  # no line end near the end: end the fragment's line instead
+            handle.write(b"\n")
+            return
+        keep = start + cut + 1
+        logger.warning("%s: dropping a torn last line (%d bytes)", path, size - keep)
+        handle.truncate(keep)
 
 
 class StepTimer:

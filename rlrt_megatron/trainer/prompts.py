@@ -7,6 +7,7 @@ into every checkpoint).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from rlrt_megatron.data.readers import read_prompts
 from rlrt_megatron.data.records import DatasetError, PromptRecord
 from rlrt_megatron.data.sampler import PromptIterator
 from rlrt_megatron.data.templating import encode_chat
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,24 @@ def load_prompts(
     format's expected form, ``too_long`` dropped by length, ``kept``).
     """
     if not files:
-        raise ValueError("no prompt files given")
+        raise DatasetError("no prompt files given")
     prompts: list[TemplatedPrompt] = []
     counts = {"rows": 0, "bad_rows": 0, "too_long": 0}
     for file in files:
         records, stats = read_prompts(file, on_bad_row=on_bad_row)
+        if stats.num_rows == 0:
+            raise DatasetError(f"{file}: the file holds no rows")
+        if stats.num_bad:
+            shown = "; ".join(stats.errors[:3])
+            logger.warning(
+                "%s: skipped %d of %d rows as malformed (data.on_bad_row=skip); first: %s",
+                file,
+                stats.num_bad,
+                stats.num_rows,
+                shown,
+            )
+        if not records:
+            raise DatasetError(f"{file}: all {stats.num_rows} rows are malformed (skipped)")
         counts["rows"] += stats.num_rows
         counts["bad_rows"] += stats.num_bad
         for record in records:
@@ -83,7 +99,9 @@ def load_prompts(
             prompts.append(TemplatedPrompt(record, ids))
     counts["kept"] = len(prompts)
     if not prompts:
-        raise ValueError(f"no prompt of {list(files)} fits max_prompt_tokens={max_prompt_tokens}")
+        raise DatasetError(
+            f"no prompt of {list(files)} fits data.max_prompt_tokens={max_prompt_tokens}"
+        )
     return prompts, counts
 
 

@@ -57,3 +57,68 @@ def test_spec_is_checked():
         WeightGroupSpec(name="x", host="h", port=1, world_size=2, backend="mpi")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sender and a receiver"):
         WeightGroupSpec(name="x", host="h", port=1, world_size=1)
+
+
+def _join_all(specs: list[WeightGroupSpec]) -> list:
+    """Join rank r with ``specs[r]`` in threads (the store and gloo work across threads);
+    each result is the formed group or the exception raised."""
+    import threading
+
+    from rlrt_megatron.cluster.weight_group import join_weight_group
+
+    results: list = [None] * len(specs)
+
+    def member(rank: int) -> None:
+        try:
+            results[rank] = join_weight_group(specs[rank], rank)
+        except Exception as error:  # recorded for the assertions
+            results[rank] = error
+
+    threads = [threading.Thread(target=member, args=(r,)) for r in range(len(specs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    return results
+
+
+def test_the_store_refuses_a_member_without_the_secret():
+    import dataclasses
+
+    from rlrt_megatron.cluster.weight_group import WeightGroup, WeightGroupAuthError
+
+    spec = WeightGroupSpec(name="auth", host="127.0.0.1", port=free_port(), world_size=3)
+    impostor = dataclasses.replace(spec, secret="not-the-secret")
+    results = _join_all([spec, spec, impostor])
+    assert all(isinstance(r, WeightGroupAuthError) for r in results), results
+    assert "member(s) [2] did not prove the group's secret" in str(results[0])
+    # The same members with the secret form the group.
+    spec = dataclasses.replace(spec, port=free_port())
+    assert all(isinstance(r, WeightGroup) for r in _join_all([spec, spec, spec]))
+
+
+def test_specs_get_distinct_secrets_kept_out_of_their_repr():
+    a = WeightGroupSpec(name="x", host="h", port=1, world_size=2)
+    b = WeightGroupSpec(name="x", host="h", port=1, world_size=2)
+    assert a.secret != b.secret and len(a.secret) == 64
+    assert a.secret not in repr(a)
+
+
+def test_the_store_listens_only_on_the_address_it_was_given():
+    """Bound to loopback, it cannot be reached through this machine's other addresses."""
+    import socket
+    import subprocess
+
+    from rlrt_megatron.cluster.weight_group import WeightGroup
+
+    listed = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    others = [a for a in listed if "." in a and not a.startswith("127.")]
+    if not others:
+        pytest.skip("this machine has no non-loopback IPv4 address to try")
+    spec = WeightGroupSpec(name="bind", host="127.0.0.1", port=free_port(), world_size=2)
+    groups = _join_all([spec, spec])
+    assert all(isinstance(g, WeightGroup) for g in groups), groups
+    socket.create_connection(("127.0.0.1", spec.port), timeout=2).close()  # listening there
+    with pytest.raises(OSError):
+        socket.create_connection((others[0], spec.port), timeout=2).close()

@@ -97,3 +97,15 @@ def test_compare_refuses_unknown_methods_before_training(config_file, tmp_path, 
     assert main(argv) == 1
     assert "unknown method(s) ['nope']" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_preempted_or_torn_summary_is_not_a_finished_run(tmp_path):
+    from rlrt_megatron.evaluation.compare import run_finished
+
+    assert not run_finished(tmp_path)
+    (tmp_path / "summary.json").write_text('{"steps": 2, "preempted": true}')
+    assert not run_finished(tmp_path)  # requeued: it resumes
+    (tmp_path / "summary.json").write_text('{"steps": 2, "tra')
+    assert not run_finished(tmp_path)
+    (tmp_path / "summary.json").write_text('{"steps": 2}')
+    assert run_finished(tmp_path)

@@ -78,6 +78,7 @@ def test_slurm_dry_run_of_a_two_node_paper_config(tmp_path):
     assert f"{command} configs/paper/qwen3_8b_base/rlrt.yaml" in script
     assert f"export RLRT_WORKDIR={REPO}" in script
     assert "RLRT_RAY_ADDRESS_FILE=" in script
+    assert "RAY_AUTH_TOKEN_PATH=" in script  # Ray token authentication on this path too
 
 
 @needs_launch_venv

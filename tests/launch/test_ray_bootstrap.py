@@ -62,6 +62,33 @@ def test_unknown_subcommand_is_refused():
     assert result.returncode == 2 and "usage" in result.stderr
 
 
+def _auth(tmp_path: Path, setup: str) -> tuple[str, str]:
+    """Run the bootstrap's auth decision (and node 0's token writing) in a shell with ``setup``;
+    returns (RAY_AUTH_MODE, stderr)."""
+    script = (
+        f"source {BOOTSTRAP}; unset RAY_AUTH_MODE RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH; {setup}; "
+        'rlrt_ray_auth; rlrt_ray_make_token; echo "$RAY_AUTH_MODE"'
+    )
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip(), result.stderr
+
+
+def test_a_token_path_turns_auth_on_and_node_zero_writes_a_private_token(tmp_path):
+    """The NeMo-Run path names a per-job token file that does not exist yet: every node must still
+    decide on token mode, and node 0 writes a fresh token readable by this user only."""
+    token = tmp_path / "logs" / "ray-auth-token-1"
+    mode, err = _auth(tmp_path, f"export RAY_AUTH_TOKEN_PATH={token}")
+    assert mode == "token" and "wrote a Ray auth token" in err
+    assert len(token.read_text()) == 64 and (token.stat().st_mode & 0o777) == 0o600
+    first = token.read_text()
+    _auth(tmp_path, f"export RAY_AUTH_TOKEN_PATH={token}")
+    assert token.read_text() == first  # an existing token is kept (the other nodes read it)
+    assert _auth(tmp_path, "true")[0] == "disabled"  # nothing given: as before
+    assert _auth(tmp_path, "export RAY_AUTH_MODE=disabled")[0] == "disabled"
+
+
 def _session_alive(sid: int) -> list[int]:
     """Processes of session ``sid`` still running (zombies excluded)."""
     alive = []

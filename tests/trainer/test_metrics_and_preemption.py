@@ -56,3 +56,22 @@ def test_preemption_signal_sets_the_flag_and_is_restored(sig):
         os.kill(os.getpid(), sig)
         assert handler.should_stop and handler.received == sig
     assert signal.getsignal(sig) == previous
+
+
+def test_a_torn_last_line_is_skipped_by_readers_and_cut_by_the_next_writer(tmp_path):
+    """A kill in the middle of an append leaves half a record without its newline."""
+    with MetricsLogger(tmp_path, console=False, tensorboard=False) as logger:
+        logger.log(1, {"reward/mean": 0.1})
+        logger.log(2, {"reward/mean": 0.2})
+    path = tmp_path / "metrics.jsonl"
+    with path.open("a") as f:
+        f.write('{"step": 3, "reward/me')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    # The resumed run appends step 3 again: it lands on a line of its own, readable.
+    with MetricsLogger(tmp_path, console=False, tensorboard=False, initial_step=2) as logger:
+        logger.log(3, {"reward/mean": 0.3})
+    assert [r["reward/mean"] for r in read_metrics(tmp_path)] == [0.1, 0.2, 0.3]
+    assert path.read_text().count("\n") == 3
+    # A torn line in the middle (from an older tool) is skipped too, not fatal.
+    path.write_text('{"step": 1, "x": 1}\n{"ste\n{"step": 2, "x": 2}\n')
+    assert [r["x"] for r in read_metrics(tmp_path)] == [1, 2]

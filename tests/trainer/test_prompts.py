@@ -31,3 +31,19 @@ def test_templated_prompts_with_length_filter_and_batches(tmp_path, tokenizer):
 def test_missing_tokenizer_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
         load_tokenizer(tmp_path)
+
+
+def test_skipped_rows_are_reported_and_an_empty_file_says_so(tmp_path, tokenizer, caplog):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "What is 1 + 1?", "answer": "2"}\n{"answer": "3"}\nnot json\n')
+    with caplog.at_level("WARNING"):
+        prompts, counts = load_prompts(
+            [str(path)], tokenizer, max_prompt_tokens=64, on_bad_row="skip"
+        )
+    assert counts["bad_rows"] == 2 and counts["kept"] == 1
+    assert "skipped 2 of 3 rows as malformed (data.on_bad_row=skip)" in caplog.text
+    assert "line 2" in caplog.text  # the first skipped rows are named
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n")
+    with pytest.raises(ValueError, match="blank.jsonl: the file holds no rows"):
+        load_prompts([str(blank)], tokenizer, max_prompt_tokens=64)
