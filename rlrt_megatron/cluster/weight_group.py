@@ -37,10 +37,7 @@ the stream and ``[-1, 0, 0]`` aborts it (the sender hit an error; receivers rais
 from __future__ import annotations
 
 import datetime
-import hashlib
-import hmac
 import json
-import secrets
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +46,13 @@ from typing import Any, Literal
 import torch
 
 from rlrt_megatron.rollout.weights import TensorMeta
+from rlrt_megatron.store_auth import (
+    StoreAuthError,
+    bound_store,
+    listen_on,
+    new_secret,
+    prove_membership,
+)
 
 Backend = Literal["gloo", "nccl"]
 
@@ -59,12 +63,12 @@ class WeightGroupAborted(RuntimeError):
     """The sender aborted a broadcast stream (its error is raised on the sender's side)."""
 
 
-class WeightGroupAuthError(RuntimeError):
+class WeightGroupAuthError(StoreAuthError):
     """A member could not prove it holds the group's secret: the group is not formed."""
 
 
 def _new_secret() -> str:
-    return secrets.token_hex(32)
+    return new_secret()
 
 
 @dataclass(frozen=True)
@@ -109,70 +113,27 @@ def join_weight_group(spec: WeightGroupSpec, rank: int) -> WeightGroup:
     if not 0 <= rank < spec.world_size:
         raise ValueError(f"rank {rank} is outside the weight group of {spec.world_size}")
     timeout = datetime.timedelta(seconds=spec.timeout_s)
-    if rank == 0:
-        store = dist.TCPStore(
-            spec.host,
-            spec.port,
-            spec.world_size,
-            is_master=True,
-            timeout=timeout,
-            master_listen_fd=_listen_on(spec.host, spec.port),
-            use_libuv=False,  # torch 2.13's libuv server crashes on a listening fd handed over
-        )
-    else:
-        store = dist.TCPStore(spec.host, spec.port, spec.world_size, timeout=timeout)
+    store = bound_store(spec.host, spec.port, spec.world_size, rank, timeout)
     store = dist.PrefixStore(f"rlrt/{spec.name}/", store)
     authenticate_members(store, spec, rank)
     group = make_process_group(spec.backend, store, rank, spec.world_size, timeout)
     return WeightGroup(spec=spec, rank=rank, process_group=group, store=store)
 
 
-def _listen_on(host: str, port: int) -> int:
-    """A listening socket bound to ``host:port`` only; its descriptor is handed to the store,
-    which owns (and closes) it from then on."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(max(128, socket.SOMAXCONN))
-    except OSError:
-        sock.close()
-        raise
-    return sock.detach()
-
-
-def _proof(spec: WeightGroupSpec, rank: int, nonce: str) -> str:
-    message = f"{spec.name}|{rank}|{nonce}".encode()
-    return hmac.new(spec.secret.encode(), message, hashlib.sha256).hexdigest()
+_listen_on = listen_on  # the name this module used before store_auth existed
 
 
 def authenticate_members(store: Any, spec: WeightGroupSpec, rank: int) -> None:
     """Rank 0 checks that every member knows ``spec.secret`` (see the module docstring); raises
     `WeightGroupAuthError` on every member when one does not."""
-    if rank == 0:
-        nonce = secrets.token_hex(16)
-        store.set("auth/nonce", nonce)
-        refused = [
-            member
-            for member in range(1, spec.world_size)
-            if not hmac.compare_digest(
-                store.get(f"auth/{member}").decode(errors="replace"), _proof(spec, member, nonce)
-            )
-        ]
-        store.set("auth/verdict", "refused" if refused else "ok")
-        if refused:
-            raise WeightGroupAuthError(
-                f"weight group {spec.name}: member(s) {refused} did not prove the group's "
-                "secret; the group was not formed"
-            )
-        return
-    nonce = store.get("auth/nonce").decode()
-    store.set(f"auth/{rank}", _proof(spec, rank, nonce))
-    if store.get("auth/verdict").decode() != "ok":
-        raise WeightGroupAuthError(
-            f"weight group {spec.name}: rank 0 refused the join (secret mismatch)"
-        )
+    prove_membership(
+        store,
+        name=f"weight group {spec.name}",
+        secret=spec.secret,
+        rank=rank,
+        world_size=spec.world_size,
+        error=WeightGroupAuthError,
+    )
 
 
 def make_process_group(
@@ -263,7 +224,6 @@ def _decode_layout(layout: torch.Tensor) -> tuple[TensorMeta, ...]:
 
 def free_port() -> int:
     """A free TCP port on this host (the sender's store listens on it)."""
-    import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rlrt_megatron.store_auth import SECRET_ENV, new_secret
+
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 
@@ -133,11 +135,19 @@ class WorkerGroup:
         # LOCAL_RANK: the rank's index among the group's ranks on its own node.
         seen: dict[str, int] = {}
         envs = []
+        # The ranks' rendezvous store listens on MASTER_ADDR only and admits only ranks that
+        # prove this secret (rlrt_megatron.store_auth); it reaches them through Ray.
+        secret = new_secret()
         for ip in ips:
             local_rank = seen.get(ip, 0)
             seen[ip] = local_rank + 1
             envs.append(
-                dict(MASTER_ADDR=ips[0], MASTER_PORT=str(master_port), LOCAL_RANK=str(local_rank))
+                {
+                    "MASTER_ADDR": ips[0],
+                    "MASTER_PORT": str(master_port),
+                    "LOCAL_RANK": str(local_rank),
+                    SECRET_ENV: secret,
+                }
             )
         ray.get([w.set_env.remote(env) for w, env in zip(self.workers, envs, strict=True)])
 

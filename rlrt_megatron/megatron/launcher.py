@@ -31,6 +31,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from rlrt_megatron.store_auth import SECRET_ENV, new_secret
+
 TORCH_ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _POLL_S = 0.2
 _TERMINATE_GRACE_S = 5.0
@@ -156,6 +158,7 @@ def _worker(
     args: tuple,
     kwargs: dict,
     results: Any,
+    secret: str = "",
 ) -> None:
     os.environ.update(
         RANK=str(rank),
@@ -165,6 +168,8 @@ def _worker(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
+    if secret:  # the ranks' rendezvous admits only this launch's processes (store_auth)
+        os.environ[SECRET_ENV] = secret
     try:
         import torch
 
@@ -197,10 +202,11 @@ def _spawn(
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
+    secret = new_secret()
     processes = [
         ctx.Process(
             target=_worker,
-            args=(rank, nprocs, port, threads, fn, args, kwargs, results),
+            args=(rank, nprocs, port, threads, fn, args, kwargs, results, secret),
             name=f"rlrt-rank{rank}",
             daemon=False,
         )

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from rlrt_megatron.megatron.compat import apply_cpu_compat, cpu_compat_needed
+from rlrt_megatron.store_auth import SECRET_ENV, bound_store, prove_membership
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,11 +128,13 @@ def initialize_parallel(config: ParallelConfig | None = None) -> ParallelState:
         backend = default_backend()
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        rank = int(os.environ["RANK"])
+        timeout = timedelta(minutes=config.timeout_minutes)
+        kwargs = {}
+        if os.environ.get(SECRET_ENV):
+            kwargs["store"] = _authenticated_store(rank, world_size, timeout)
         dist.init_process_group(
-            backend=backend,
-            world_size=world_size,
-            rank=int(os.environ["RANK"]),
-            timeout=timedelta(minutes=config.timeout_minutes),
+            backend=backend, world_size=world_size, rank=rank, timeout=timeout, **kwargs
         )
     backend = dist.get_backend()
 
@@ -145,6 +148,25 @@ def initialize_parallel(config: ParallelConfig | None = None) -> ParallelState:
     )
     tensor_parallel.model_parallel_cuda_manual_seed(config.seed)
     return current_parallel_state()
+
+
+def _authenticated_store(rank: int, world_size: int, timeout: timedelta):
+    """The ranks' rendezvous store when this project launched them (``RLRT_DIST_SECRET`` set by
+    its launchers: `rlrt_megatron.megatron.launcher` and the Ray worker group): listening on
+    ``MASTER_ADDR`` only, and formed only once every rank has proven the launch's secret (see
+    :mod:`rlrt_megatron.store_auth`). Without the variable (torchrun, Slurm's srun) the launcher's
+    own ``env://`` rendezvous is used as before."""
+    store = bound_store(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, rank, timeout
+    )
+    prove_membership(
+        dist.PrefixStore("rlrt/auth/", store),
+        name="trainer ranks",
+        secret=os.environ[SECRET_ENV],
+        rank=rank,
+        world_size=world_size,
+    )
+    return store
 
 
 def current_parallel_state() -> ParallelState:
