@@ -45,7 +45,7 @@ quickstart: setup
 	$(VENV)/bin/rlrt quickstart
 
 lint: setup
-	$(PY) -m ruff check rlrt_megatron tests benchmarks
+	$(PY) -m ruff check rlrt_megatron tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) $(LAUNCH_VENV) *.egg-info .pytest_cache .hypothesis

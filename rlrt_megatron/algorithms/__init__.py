@@ -18,6 +18,7 @@ from rlrt_megatron.algorithms.registry import (
     distillation_rows,
     get_method,
     policy_gradient_rows,
+    register_method,
     teacher_forward_rows,
 )
 from rlrt_megatron.algorithms.reweighting import token_advantages, token_weight_stats
@@ -43,6 +44,7 @@ __all__ = [
     "pass_at_k",
     "policy_gradient_rows",
     "policy_loss",
+    "register_method",
     "results_row",
     "rollout_importance_weights",
     "sdpo_distillation_loss",

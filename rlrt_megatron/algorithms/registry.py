@@ -26,7 +26,7 @@ Methods:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -188,6 +188,53 @@ METHODS: dict[str, MethodSpec] = {
         ),
     )
 }
+
+
+def register_method(spec: MethodSpec, *, overwrite: bool = False) -> MethodSpec:
+    """Add a method to `METHODS`, after checking that every field names something the trainer
+    and the algorithm core know how to do; returns ``spec``.
+
+    A new method is a new combination of the registry's fields (teacher context, token weight,
+    gate, loss routing, defaults): `token_advantages`, `teacher_forward_rows`, the row routing
+    and `method_loss` then handle it with no other change (``examples/custom_method.py``).
+    The registration lives in the process that runs it. The distributed trainer's ranks are
+    other processes that look the method up by name (`UpdateConfig.method`): a method they should
+    train with has to be in the `METHODS` table below (or registered in those processes too).
+    """
+    if not isinstance(spec, MethodSpec):
+        raise ValueError(f"register_method takes a MethodSpec, got {type(spec).__name__}")
+    if not isinstance(spec.name, str) or not spec.name.isidentifier():
+        raise ValueError(f"method name must be an identifier (a config value), got {spec.name!r}")
+    if spec.name in METHODS and not overwrite and METHODS[spec.name] is not spec:
+        raise ValueError(f"method {spec.name!r} is already registered (pass overwrite=True)")
+    allowed = {
+        "teacher_context": get_args(TeacherContext),
+        "token_weight": get_args(TokenWeight),
+        "weight_gate": ("none", "all", "correct", "incorrect"),
+        "policy_gradient_rows": get_args(RowSet),
+        "distillation_rows": ("none", "all", "correct", "incorrect"),
+        "reward_shaping": ("none", "diversity"),
+    }
+    for name, values in allowed.items():
+        value = getattr(spec, name)
+        if value not in values:
+            raise ValueError(f"method {spec.name!r}: {name}={value!r}, expected one of {values}")
+    if not isinstance(spec.defaults, MethodDefaults):
+        raise ValueError(f"method {spec.name!r}: defaults must be a MethodDefaults")
+    if (spec.token_weight == "none") != (spec.weight_gate == "none"):
+        raise ValueError(
+            f"method {spec.name!r}: token_weight and weight_gate go together "
+            f"(got {spec.token_weight!r} and {spec.weight_gate!r})"
+        )
+    if not spec.needs_teacher and (spec.token_weight != "none" or spec.distillation_rows != "none"):
+        raise ValueError(
+            f"method {spec.name!r}: a token weight or a distillation loss needs a teacher "
+            "(teacher_context 'peer_rollout' or 'ground_truth')"
+        )
+    if spec.policy_gradient_rows == "none" and spec.distillation_rows == "none":
+        raise ValueError(f"method {spec.name!r} gives no row any loss term")
+    METHODS[spec.name] = spec
+    return spec
 
 
 def get_method(name: str) -> MethodSpec:

@@ -177,6 +177,15 @@ class WeightUpdateExtension:
     def rlrt_begin_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
+        from rlrt_megatron.upstream_warnings import install_weight_reload_filter
+
+        # finish warns "<Layer>: Failed to load weights" for the rope cache and the tied head on
+        # every sync; both are expected (rlrt_megatron.upstream_warnings says why): drop exactly
+        # those, in this worker, before the first reload.
+        hf_config = self.vllm_config.model_config.hf_config
+        install_weight_reload_filter(
+            tied_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False))
+        )
         initialize_layerwise_reload(self.model_runner.model)
 
     def rlrt_load_weight_bucket(self, bucket: WeightBucket) -> int:

@@ -1,13 +1,19 @@
+import re
+
 import pytest
 import torch
 
 from rlrt_megatron.algorithms.registry import (
     METHODS,
+    MethodDefaults,
+    MethodSpec,
     distillation_rows,
     get_method,
     policy_gradient_rows,
+    register_method,
     teacher_forward_rows,
 )
+from rlrt_megatron.algorithms.reweighting import token_advantages
 
 CORRECT = torch.tensor([True, True, True, False, False])
 HAS_CONTEXT = torch.tensor([True, False, True, True, False])
@@ -82,3 +88,77 @@ def test_bad_flags():
         teacher_forward_rows(
             "rlrt", correct=CORRECT, has_context=HAS_CONTEXT, advantages=ADV[:2], lam=0.5
         )
+
+
+def _custom(**fields) -> MethodSpec:
+    base = dict(
+        name="rlrt_test_incorrect",
+        teacher_context="peer_rollout",
+        token_weight="reverse_teacher",
+        weight_gate="incorrect",
+        defaults=MethodDefaults(normalize_by_std=True, lr=1e-6, lam_init=0.5, eps_w=0.5),
+    )
+    return MethodSpec(**{**base, **fields})
+
+
+@pytest.fixture
+def restore_methods():
+    saved = dict(METHODS)
+    yield
+    METHODS.clear()
+    METHODS.update(saved)
+
+
+def test_register_method_is_used_by_the_core(restore_methods):
+    """A registered spec drives the row selection and the token weights with no other change."""
+    spec = register_method(_custom())
+    assert get_method("rlrt_test_incorrect") is spec
+    correct = torch.tensor([True, False, True, False])
+    has_teacher = torch.ones(4, dtype=torch.bool)
+    rows = teacher_forward_rows(
+        "rlrt_test_incorrect",
+        correct=correct,
+        has_context=has_teacher,
+        advantages=torch.tensor([1.0, -1.0, 1.0, -1.0]),
+        lam=0.5,
+    )
+    assert rows.tolist() == [False, True, False, True]
+    # Incorrect row, D = log 2: w = exp(−log 2) = 0.5 → (1 − 0.5) + 0.5·0.5 = 0.75 (ε_w 0.5).
+    a_t = token_advantages(
+        "rlrt_test_incorrect",
+        torch.tensor([1.0, -1.0]),
+        torch.tensor([True, False]),
+        torch.log(torch.tensor([[0.5], [0.5]])),
+        torch.log(torch.tensor([[0.25], [0.25]])),
+        torch.ones(2, 1),
+        torch.ones(2, dtype=torch.bool),
+        lam=0.5,
+        eps_w=0.5,
+    )
+    assert torch.allclose(a_t, torch.tensor([[1.0], [-0.75]]))
+
+
+def test_register_method_accepts_every_builtin(restore_methods):
+    for spec in list(METHODS.values()):
+        assert register_method(spec) is spec
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"name": "rlrt"}, "already registered"),
+        ({"name": "my method"}, "must be an identifier"),
+        ({"weight_gate": "sometimes"}, "weight_gate='sometimes'"),
+        ({"weight_gate": "not_distilled"}, "weight_gate='not_distilled'"),
+        ({"weight_gate": "none"}, "token_weight and weight_gate go together"),
+        ({"teacher_context": "none"}, "needs a teacher"),
+        (
+            {"token_weight": "none", "weight_gate": "none", "policy_gradient_rows": "none"},
+            "gives no row any loss term",
+        ),
+    ],
+)
+def test_register_method_rejects_bad_specs(restore_methods, fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        register_method(_custom(**fields))
+    assert "my method" not in METHODS and METHODS["rlrt"].weight_gate == "correct"
