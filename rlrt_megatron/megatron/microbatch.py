@@ -73,8 +73,24 @@ def token_budget_microbatches(
     return batches
 
 
+class _Sizes:
+    """What both layouts answer alike (``input_ids`` and ``response_len`` fields)."""
+
+    input_ids: torch.Tensor
+    response_len: torch.Tensor
+
+    @property
+    def max_response_len(self) -> int:
+        return int(self.response_len.max().item()) if self.response_len.numel() else 0
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the model processes (padding included)."""
+        return self.input_ids.numel()
+
+
 @dataclass
-class PaddedBatch:
+class PaddedBatch(_Sizes):
     """Right-padded sequences of one micro-batch.
 
     ``input_ids``/``position_ids`` [B, S]; ``response_start`` [B] (logit position of the first
@@ -86,14 +102,7 @@ class PaddedBatch:
     response_start: torch.Tensor
     response_len: torch.Tensor
 
-    @property
-    def max_response_len(self) -> int:
-        return int(self.response_len.max().item()) if self.response_len.numel() else 0
 
-    @property
-    def num_tokens(self) -> int:
-        """Tokens the model processes (padding included)."""
-        return self.input_ids.numel()
 
     def response_positions(self) -> torch.Tensor:
         """Flat [B·S] positions of every sequence's response logits, sequence by sequence."""
@@ -116,7 +125,7 @@ def _response_positions(
 
 
 @dataclass
-class PackedBatch:
+class PackedBatch(_Sizes):
     """Sequences of one micro-batch packed back to back into one row (THD layout).
 
     ``input_ids`` / ``position_ids`` [1, N] (positions restart at 0 in every sequence: RoPE
@@ -133,19 +142,12 @@ class PackedBatch:
     response_start: torch.Tensor
     response_len: torch.Tensor
 
-    @property
-    def max_response_len(self) -> int:
-        return int(self.response_len.max().item()) if self.response_len.numel() else 0
 
     @property
     def max_seqlen(self) -> int:
         """The longest padded sequence."""
         return int((self.cu_seqlens[1:] - self.cu_seqlens[:-1]).max().item())
 
-    @property
-    def num_tokens(self) -> int:
-        """Tokens the model processes (padding included)."""
-        return self.input_ids.numel()
 
     def response_positions(self) -> torch.Tensor:
         """Positions in the packed row of every sequence's response logits, in sequence order."""
@@ -165,14 +167,17 @@ def pack_sequences(
     pad_id: int,
     *,
     pad_to_multiple_of: int = 1,
-    total_multiple_of: int = 1,
+    total_multiple_of: int | None = None,
 ) -> PackedBatch:
     """Concatenate prompt ⊕ response per sequence and pack the sequences into one row.
 
     Each sequence is padded to a multiple of ``pad_to_multiple_of`` (2·CP under context
     parallelism); the last one further so that the row is a multiple of
-    ``total_multiple_of`` (sequence parallelism splits the row over TP ranks).
+    ``total_multiple_of`` (sequence parallelism splits the row over TP ranks; default
+    ``pad_to_multiple_of``).
     """
+    if total_multiple_of is None:
+        total_multiple_of = pad_to_multiple_of
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
