@@ -38,17 +38,19 @@ def test_pairs_share_a_microbatch_within_the_budget():
         ids = mb.inputs.input_ids
         assert ids.numel() <= 16
         assert len(mb.paired) == sum(teachers[r] is not None for r in mb.rows)
-        # student and teacher response positions hold the same tokens, in the same order
+        # student and teacher response rows hold the same tokens, in the same order (a logit
+        # row at input position p predicts the token at p + 1)
         flat = ids.flatten()
-        students = flat[mb.student_index(mb.paired) + 1]
-        assert torch.equal(students, flat[mb.teacher_index() + 1])
+        targets = flat[mb.inputs.response_positions() + 1]
+        students = targets[mb.student_index(mb.paired)]
+        assert torch.equal(students, targets[mb.teacher_index()])
         expected = torch.cat([torch.tensor(responses[r]) for r in mb.rows])
-        assert torch.equal(flat[mb.student_index() + 1], expected)
+        assert torch.equal(targets[mb.student_index()], expected)
 
 
 def test_plan_rejects_a_rollout_over_the_budget():
     prompts, responses, teachers = _rollouts()
-    with pytest.raises(ValueError, match="rollout 2 needs 2 sequence"):
+    with pytest.raises(ValueError, match=r"rollout 2 needs \d+ tokens \(2 sequence"):
         plan_microbatches([2], prompts, responses, teachers, max_tokens=10)
 
 

@@ -96,7 +96,7 @@ def _check_table5(c: RunConfig) -> None:
 
 def _check_layout(c: RunConfig) -> None:
     p = c.actor.parallel
-    ranks = p.tensor_parallel * p.pipeline_parallel * c.actor.data_parallel
+    ranks = p.tensor_parallel * p.pipeline_parallel * p.context_parallel * c.actor.data_parallel
     actor_gpus = ranks * c.actor.gpus_per_rank
     engine_gpus = c.rollout.num_engines * c.rollout.gpus_per_engine
     assert c.actor.gpus_per_rank == 1 and c.rollout.placement == "disaggregated"
@@ -105,10 +105,11 @@ def _check_layout(c: RunConfig) -> None:
     assert actor_gpus == GPUS_PER_NODE and engine_gpus == GPUS_PER_NODE
     assert c.rollout.gpus_per_engine >= c.rollout.tensor_parallel
     assert not c.actor.sequence_parallel or p.tensor_parallel > 1
-    # The micro-batch budget holds the widest rollout paired with its teacher sequence
-    # (a peer rollout as context in the teacher prompt).
-    widest = c.data.max_prompt_tokens + 2 * c.rollout.max_response_tokens
-    assert c.actor.max_tokens >= 2 * widest
+    # The (packed, real-token) micro-batch budget holds the widest rollout with its teacher
+    # sequence (a peer rollout and the template as context in the teacher prompt).
+    student = c.data.max_prompt_tokens + c.rollout.max_response_tokens
+    teacher = student + c.rollout.max_response_tokens + 1024
+    assert c.actor.packing and c.actor.max_tokens >= student + teacher
 
 
 @pytest.mark.parametrize("method", METHODS)
