@@ -303,21 +303,30 @@ def run(tmp_path_factory, tiny_qwen3_dir, data) -> Path:
     return out
 
 
-def reference_update(path, batch, method, mini_batches, state=None):
+def reference_update(path, batch, method, mini_batches, state=None, *, teacher_state=None):
     """The update in one process: HF model, method_loss on each whole mini-batch (its own
-    token-mean), clip 1.0, AdamW without decay on 1-D params. Returns (params, losses, norms)."""
+    token-mean), clip 1.0, AdamW without decay on 1-D params. Returns (params, losses, norms).
+
+    ``mini_batches``: an int (one update), or a sequence of them: consecutive updates over the
+    same batch with one optimizer. ``teacher_state``: the weights of a frozen distillation
+    teacher (default: the model being trained, at its current weights)."""
     from rlrt_megatron.algorithms.distillation import srpo_token_weights, topk_with_tail
     from rlrt_megatron.algorithms.objective import DistillInputs, method_loss
 
     model = _hf(path, state)
+    teacher_model = model if teacher_state is None else _hf(path, teacher_state)
     params = dict(model.named_parameters())
     decay = [p for p in params.values() if p.dim() > 1]
     no_decay = [p for p in params.values() if p.dim() <= 1]
     opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], **ADAMW)
     b = len(batch["responses"])
-    bounds = torch.linspace(0, b, mini_batches + 1).round().long().tolist()
+    steps = [mini_batches] if isinstance(mini_batches, int) else list(mini_batches)
+    ranges = []
+    for n in steps:
+        bounds = torch.linspace(0, b, n + 1).round().long().tolist()
+        ranges += list(zip(bounds[:-1], bounds[1:], strict=True))
     losses, norms = [], []
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, end in ranges:
         rows = list(range(start, end))
         t = max(len(batch["responses"][r]) for r in rows)
         lps, ents, topks = [], [], []
@@ -328,7 +337,9 @@ def reference_update(path, batch, method, mini_batches, state=None):
             ents.append(-(lp.exp() * lp).sum(-1))
             if batch["distill_rows"][r]:
                 with torch.no_grad():
-                    tlp = _response_logprobs(model, batch["teacher_prompts"][r], y[:, 0].tolist())
+                    tlp = _response_logprobs(
+                        teacher_model, batch["teacher_prompts"][r], y[:, 0].tolist()
+                    )
                 topks.append(topk_with_tail(lp, tlp, TOPK))
             else:
                 z = torch.zeros(len(y), TOPK)
