@@ -564,9 +564,7 @@ def run_pairs(
                 return on_pair(mb, logits, kept.pop("teacher", None))
 
             if not forward_only:
-                config.finalize_model_grads_func = (
-                    finalize if i == len(microbatches) - 1 else None
-                )
+                config.finalize_model_grads_func = finalize if i == len(microbatches) - 1 else None
             run_schedule(model, [mb.student_view()], on_student, forward_only=forward_only)
     finally:
         config.finalize_model_grads_func = finalize

@@ -303,13 +303,16 @@ def run(tmp_path_factory, tiny_qwen3_dir, data) -> Path:
     return out
 
 
-def reference_update(path, batch, method, mini_batches, state=None, *, teacher_state=None):
+def reference_update(
+    path, batch, method, mini_batches, state=None, *, teacher_state=None, teacher_ema_rate=None
+):
     """The update in one process: HF model, method_loss on each whole mini-batch (its own
     token-mean), clip 1.0, AdamW without decay on 1-D params. Returns (params, losses, norms).
 
     ``mini_batches``: an int (one update), or a sequence of them: consecutive updates over the
-    same batch with one optimizer. ``teacher_state``: the weights of a frozen distillation
-    teacher (default: the model being trained, at its current weights)."""
+    same batch with one optimizer. ``teacher_state``: the weights of a separate distillation
+    teacher (default: the model being trained, at its current weights); frozen, or with
+    ``teacher_ema_rate`` an EMA moved after every optimizer step: t ← t + rate·(θ − t)."""
     from rlrt_megatron.algorithms.distillation import srpo_token_weights, topk_with_tail
     from rlrt_megatron.algorithms.objective import DistillInputs, method_loss
 
@@ -379,6 +382,10 @@ def reference_update(path, batch, method, mini_batches, state=None, *, teacher_s
         norms.append(torch.nn.utils.clip_grad_norm_(params.values(), 1.0).item())
         losses.append(loss.item())
         opt.step()
+        if teacher_ema_rate is not None:
+            with torch.no_grad():
+                for name, t in teacher_model.named_parameters():
+                    t.lerp_(params[name], teacher_ema_rate)
     return {n: p.detach().clone() for n, p in params.items()}, losses, norms
 
 

@@ -14,6 +14,10 @@ and DP=2 with padded micro-batches):
    for the student (1e-4);
 4. a second SDPO update (two mini-batches) with the initial teacher against HF + AdamW running
    both updates with a frozen θ0 teacher (1e-5 on the parameters).
+
+In DP=2 and PP=2 also the same two updates for SRPO with the initial teacher (policy-gradient
+and distillation rows in one mini-batch) and for SDPO with an EMA teacher (its weights move
+after every optimizer step), against the same reference.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ TRAIN_MAX_TOKENS = {"packed": 32, "padded": 40}
 SAME_ATOL = 1e-6
 SAME_RTOL = 1e-6
 HF_ATOL = 1e-4
+EXTRA_LAYOUTS = ("dp2", "pp2")  # + SRPO with the initial teacher, SDPO with an EMA teacher
+EMA_RATE = 0.25
+EXTRA_RUNS = {"srpo-initial": ("srpo", "initial"), "sdpo-ema": ("sdpo", "ema")}
 SCORE_FIELDS = (
     "student_log_prob",
     "student_entropy",
@@ -68,7 +75,7 @@ SCORE_FIELDS = (
 )
 
 
-def _actor(hf_path, layout, teacher_weights):
+def _actor(hf_path, layout, teacher_weights, ema_rate=EMA_RATE):
     from rlrt_megatron.megatron.actor import ActorConfig, PolicyActor
     from rlrt_megatron.megatron.optimizer import AdamWConfig
     from rlrt_megatron.megatron.parallel import ParallelConfig
@@ -85,15 +92,16 @@ def _actor(hf_path, layout, teacher_weights):
             packing=packing,
             attention="sdpa",
             teacher_weights=teacher_weights,
+            ema_rate=ema_rate,
         )
     )
 
 
-def _update(layout, mini_batches):
+def _update(layout, mini_batches, method="sdpo"):
     from rlrt_megatron.megatron.train_step import UpdateConfig
 
     budget = TRAIN_MAX_TOKENS["packed" if LAYOUTS[layout][-1] else "padded"]
-    return UpdateConfig(method="sdpo", mini_batches=mini_batches, max_tokens=budget, topk=TOPK)
+    return UpdateConfig(method=method, mini_batches=mini_batches, max_tokens=budget, topk=TOPK)
 
 
 def _export(actor):
@@ -133,9 +141,18 @@ def _worker(rank: int, out_dir: str, hf_path: str) -> None:
         result["initial_metrics2"] = actor.train_step(TrainBatch(**batch), _update(layout, 2))
         result["initial_params2"] = _export(actor)
         torch.save(result["initial_scores1"], out / f"{layout}-scores1-rank{rank}.pt")
+        del actor
+        if layout in EXTRA_LAYOUTS:
+            for name, (method, mode) in EXTRA_RUNS.items():
+                actor = _actor(hf_path, layout, mode)
+                metrics = []
+                for mini_batches in (1, 2):
+                    update = _update(layout, mini_batches, method)
+                    metrics += actor.train_step(TrainBatch(**inputs[method]), update)
+                result[name] = {"metrics": metrics, "params": _export(actor)}
+                del actor
         if rank == 0:
             torch.save(result, out / f"{layout}.pt")
-        del actor
         destroy_parallel(keep_process_group=True)
     dist.barrier()
     destroy_parallel()
@@ -224,20 +241,44 @@ def reference_two_updates(tiny_qwen3_dir, data, theta0):
     return reference_update(tiny_qwen3_dir, data["sdpo"], "sdpo", (1, 2), teacher_state=theta0)
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_sdpo_update_with_the_initial_teacher_matches_hf_adamw(
-    run, reference_two_updates, layout
-):
-    result = torch.load(run / f"{layout}.pt", weights_only=False)
-    ref_params, ref_losses, ref_norms = reference_two_updates
-    metrics = result["initial_metrics1"] + result["initial_metrics2"]
+def _check_against(metrics, params, reference):
+    ref_params, ref_losses, ref_norms = reference
     assert len(metrics) == len(ref_losses) == 3
     for m, loss, norm in zip(metrics, ref_losses, ref_norms, strict=True):
         assert m["skipped"] == 0.0 and m["distill_tokens"] > 0
         assert m["loss"] == pytest.approx(loss, rel=1e-4, abs=1e-6)
         assert m["grad_norm"] == pytest.approx(norm, rel=1e-4)
-    worst, diff = _worst(result["initial_params2"], ref_params)
+    worst, diff = _worst(params, ref_params)
     assert diff <= PARAM_ATOL, f"{worst}: {diff:.3g}"
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_sdpo_update_with_the_initial_teacher_matches_hf_adamw(run, reference_two_updates, layout):
+    result = torch.load(run / f"{layout}.pt", weights_only=False)
+    metrics = result["initial_metrics1"] + result["initial_metrics2"]
+    _check_against(metrics, result["initial_params2"], reference_two_updates)
+
+
+EXTRA_CASES = [(layout, name) for layout in EXTRA_LAYOUTS for name in EXTRA_RUNS]
+
+
+@pytest.mark.parametrize(("layout", "name"), EXTRA_CASES, ids=[f"{a}-{b}" for a, b in EXTRA_CASES])
+def test_srpo_initial_and_sdpo_ema_teachers_match_hf_adamw(
+    run, data, tiny_qwen3_dir, theta0, layout, name
+):
+    method, mode = EXTRA_RUNS[name]
+    result = torch.load(run / f"{layout}.pt", weights_only=False)[name]
+    reference = reference_update(
+        tiny_qwen3_dir,
+        data[method],
+        method,
+        (1, 2),
+        teacher_state=theta0,
+        teacher_ema_rate=EMA_RATE if mode == "ema" else None,
+    )
+    _check_against(result["metrics"], result["params"], reference)
+    if method == "srpo":  # policy-gradient and distillation rows in the same mini-batches
+        assert all(m["pg_tokens"] > 0 for m in result["metrics"])
 
 
 def test_the_frozen_teacher_changes_the_update(tiny_qwen3_dir, data, reference_two_updates):
