@@ -1,8 +1,8 @@
 """Top-k distillation from separate teacher weights (issue 14 item 3: SDPO's frozen initial
 teacher), on gloo in float32 against the shared pass and a single-process HF reference.
 
-One spawn of two ranks runs, in each layout (DP=2, TP=2 with sequence parallelism, PP=2, CP=2
-and DP=2 with padded micro-batches):
+One spawn of two ranks runs, in each layout (DP=2, TP=2 with sequence parallelism and full
+activation recomputation, PP=2, CP=2 and DP=2 with padded micro-batches):
 
 1. ``teacher_weights="behavior"``: scores (KL, teacher log-probs and entropy, top-k with tails)
    and one SDPO update (one mini-batch, several micro-batches per rank);
@@ -50,6 +50,7 @@ LAYOUTS = {
     "cp2": (1, 1, 2, False, True),
     "dp2_padded": (1, 1, 1, False, False),
 }
+RECOMPUTE = {"tp2_sp": "full"}  # the backward recomputes inside the student's schedule call
 MAX_TOKENS = 40  # every scoring pass needs several micro-batches
 # Every update needs several micro-batches per rank; padded, the widest rollout costs 2 x 20.
 TRAIN_MAX_TOKENS = {"packed": 32, "padded": 40}
@@ -93,6 +94,7 @@ def _actor(hf_path, layout, teacher_weights, ema_rate=EMA_RATE):
             attention="sdpa",
             teacher_weights=teacher_weights,
             ema_rate=ema_rate,
+            recompute=RECOMPUTE.get(layout, "none"),
         )
     )
 
