@@ -20,7 +20,6 @@ from typing import Literal
 
 import torch
 
-from rlrt_megatron.algorithms.registry import get_method
 from rlrt_megatron.megatron.forward import Ids
 from rlrt_megatron.megatron.optimizer import AdamWConfig, build_optimizer
 from rlrt_megatron.megatron.parallel import (
@@ -218,6 +217,11 @@ class PolicyActor:
         schedule advances one RL step (`RLStepScheduler.end_update`; a no-op when it counts
         optimizer steps).
 
+        Distillation methods (``needs_topk``: SDPO, SRPO) read the teacher in the update: with
+        ``behavior``/``current`` the policy's current weights, with ``initial``/``ema`` the
+        teacher's own weights, swapped in for a forward-only pass per micro-batch (see
+        :mod:`.train_step`).
+
         With ``teacher_weights="current"`` and ``refresh_teacher`` given, each mini-batch's
         teacher view is re-scored with the current weights first and ``refresh_teacher(rows,
         scores)`` returns the row tensors to use instead (typically the token advantages
@@ -227,14 +231,6 @@ class PolicyActor:
             raise ValueError(
                 f"update temperature {update.temperature} != actor temperature "
                 f"{self.config.temperature}"
-            )
-        if self.teacher.separate and get_method(update.method).needs_topk:
-            # The distillation loss reads the teacher at the student's *current* top-k ids, so
-            # its teacher view runs inside the update's own forward, with the policy's weights.
-            raise ValueError(
-                f"method {update.method!r} distills from a teacher view computed in the update's "
-                f"forward pass; teacher_weights={self.config.teacher_weights!r} is not supported "
-                "for it (use 'behavior' or 'current')"
             )
         before = None
         if self.teacher.rescore_per_minibatch:
@@ -260,6 +256,9 @@ class PolicyActor:
             update,
             before_minibatch=before,
             after_optimizer_step=self.teacher.after_optimizer_step,
+            # Distillation (SDPO/SRPO) reads the teacher at the student's current top-k ids in
+            # the update itself: with initial/EMA weights, from a teacher pass of their own.
+            teacher_swap=self.teacher.swapped if self.teacher.separate else None,
         )
         # One RL update done: the LR schedule counts RL steps by default (paper Table 5 / verl).
         self.scheduler.end_update()

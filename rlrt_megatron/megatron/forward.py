@@ -16,6 +16,16 @@ padded size ((number of sequences) × (longest sequence)), longest rollouts firs
 parallelism (CP > 1, packed only) every sequence is split over the CP ranks in the load-balanced
 2·CP chunk order and each rank feeds the model its chunks only.
 
+**Separate teacher weights** (the frozen initial model or an EMA, see :mod:`.teacher_weights`):
+the two views of a rollout cannot share a forward pass, but pair statistics still need both
+views' logits at once. :func:`plan_microbatches` with ``separate_teacher=True`` plans the same
+micro-batches (the budget still counts both views: the teacher's response logits are held while
+the student view runs) but keeps the teacher sequences apart (``MicroBatch.teacher_inputs``);
+:func:`run_pairs` then runs, per micro-batch, the teacher sequences forward-only with the
+teacher weights swapped in, keeps their response logits (one micro-batch's worth, last stage),
+swaps back and runs the student sequences (with backward in the update). See :func:`run_pairs`
+for what that costs.
+
 Whatever the layout, ``on_logits`` receives the micro-batch's **response logits**
 [n_response_tokens, V_local], sequence by sequence (under CP gathered from the CP ranks that own
 them, with a backward that hands each rank its own rows), and :meth:`MicroBatch.response_index`
@@ -26,6 +36,7 @@ turned on so the stages exchange each activation's shape before the tensor.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -150,12 +161,15 @@ class MicroBatch:
     teacher sequences of ``rows[j]`` for j in ``paired`` (sequences b, b+1, ...).
 
     ``rows`` are indices into the caller's rollout list; ``inputs`` is a :class:`PaddedBatch`
-    or a :class:`PackedBatch`.
+    or a :class:`PackedBatch`. With separate teacher weights (``teacher_inputs`` set) ``inputs``
+    holds the student sequences only and ``teacher_inputs`` the teacher sequences of ``paired``,
+    in that order: two model inputs that :func:`run_pairs` runs one after the other.
     """
 
     rows: list[int]
     paired: list[int]
     inputs: PaddedBatch | PackedBatch
+    teacher_inputs: PaddedBatch | PackedBatch | None = None
 
     @property
     def num_students(self) -> int:
@@ -180,8 +194,27 @@ class MicroBatch:
         return self.response_index(range(len(self.rows)) if positions is None else positions)
 
     def teacher_index(self) -> torch.Tensor:
-        """Response rows of the teacher sequences, in ``paired`` order."""
+        """Response rows of the teacher sequences, in ``paired`` order (shared pass)."""
         return self.response_index(range(len(self.rows), len(self.rows) + len(self.paired)))
+
+    def split_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(student, teacher) response logits of a shared pass, as views (no copy): the
+        students' [n_student_tokens, V] (indexed by :meth:`student_index`) and the paired
+        teachers' [n_teacher_tokens, V] in ``paired`` order (``None`` without pairs)."""
+        n = int(sum(int(x) for x in self.inputs.response_len[: len(self.rows)]))
+        return logits[:n], (logits[n:] if self.paired else None)
+
+    def student_view(self) -> MicroBatch:
+        """The student sequences alone (a separate-teacher micro-batch's first input)."""
+        return MicroBatch(rows=self.rows, paired=[], inputs=self.inputs)
+
+    def teacher_view(self) -> MicroBatch | None:
+        """The teacher sequences alone, as the "students" of a micro-batch of their own (their
+        response logits come in ``paired`` order); ``None`` without pairs."""
+        if self.teacher_inputs is None:
+            return None
+        rows = [self.rows[j] for j in self.paired]
+        return MicroBatch(rows=rows, paired=[], inputs=self.teacher_inputs)
 
 
 def plan_microbatches(
@@ -193,6 +226,7 @@ def plan_microbatches(
     max_tokens: int,
     pad_to_multiple_of: int = 1,
     layout: SequenceLayout | None = None,
+    separate_teacher: bool = False,
 ) -> list[MicroBatch]:
     """Cut ``rows`` (with their teacher sequences where ``teacher_prompts[row]`` is given) into
     micro-batches of at most ``max_tokens`` tokens, biggest rollouts first.
@@ -200,6 +234,8 @@ def plan_microbatches(
     ``layout`` (default: padded, rows a multiple of ``pad_to_multiple_of``) decides what a token
     costs: packed micro-batches count each sequence's real tokens (plus its padding to
     2·CP under context parallelism), padded ones count (sequences) × (longest sequence).
+    ``separate_teacher``: the same grouping, but the teacher sequences become a model input of
+    their own (``MicroBatch.teacher_inputs``, for :func:`run_pairs` with teacher weights).
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -262,22 +298,42 @@ def plan_microbatches(
     batches = []
     for group in groups:
         paired = [j for j, r in enumerate(group) if teacher(group[j]) is not None]
-        seq_prompts = [prompts[r] for r in group] + [teacher(group[j]) for j in paired]
-        seq_responses = [responses[r] for r in group] + [responses[group[j]] for j in paired]
-        if layout.packing:
-            inputs: PaddedBatch | PackedBatch = pack_sequences(
-                seq_prompts,
-                seq_responses,
-                PAD_ID,
-                pad_to_multiple_of=layout.sequence_multiple,
-                total_multiple_of=layout.sequence_multiple * layout.tp_multiple,
+        student_prompts = [prompts[r] for r in group]
+        student_responses = [responses[r] for r in group]
+        teacher_prompts_ = [teacher(group[j]) for j in paired]
+        teacher_responses = [responses[group[j]] for j in paired]
+        if separate_teacher:
+            batches.append(
+                MicroBatch(
+                    rows=group,
+                    paired=paired,
+                    inputs=_layout_inputs(student_prompts, student_responses, layout),
+                    teacher_inputs=_layout_inputs(teacher_prompts_, teacher_responses, layout)
+                    if paired
+                    else None,
+                )
             )
         else:
-            inputs = pad_sequences(
-                seq_prompts, seq_responses, PAD_ID, pad_to_multiple_of=layout.tp_multiple
+            inputs = _layout_inputs(
+                student_prompts + teacher_prompts_, student_responses + teacher_responses, layout
             )
-        batches.append(MicroBatch(rows=group, paired=paired, inputs=inputs))
+            batches.append(MicroBatch(rows=group, paired=paired, inputs=inputs))
     return batches
+
+
+def _layout_inputs(
+    seq_prompts: Sequence[Ids], seq_responses: Sequence[Ids], layout: SequenceLayout
+) -> PaddedBatch | PackedBatch:
+    """The model input of these sequences (prompt ⊕ response each) in ``layout``."""
+    if layout.packing:
+        return pack_sequences(
+            seq_prompts,
+            seq_responses,
+            PAD_ID,
+            pad_to_multiple_of=layout.sequence_multiple,
+            total_multiple_of=layout.sequence_multiple * layout.tp_multiple,
+        )
+    return pad_sequences(seq_prompts, seq_responses, PAD_ID, pad_to_multiple_of=layout.tp_multiple)
 
 
 def vocab_kwargs(model: Any, logits: torch.Tensor, temperature: float) -> dict[str, Any]:
@@ -382,6 +438,8 @@ def run_schedule(
 
     if not microbatches:
         raise ValueError("no micro-batches to run")
+    if any(mb.teacher_inputs is not None for mb in microbatches):
+        raise ValueError("micro-batches with separate teacher inputs run through run_pairs")
     if mpu.get_pipeline_model_parallel_world_size() > 1:
         # Micro-batches have different [S, b] shapes: stages send each shape before the tensor.
         model.config.variable_seq_lengths = True
@@ -420,6 +478,104 @@ def run_schedule(
             run()
     else:
         run()
+
+
+# on_pair(micro_batch, student response logits [n_student_tokens, V_local], teacher response
+# logits [n_teacher_tokens, V_local] in ``paired`` order or None) -> (loss, unused dict)
+PairFn = Callable[[MicroBatch, torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, dict]]
+TeacherSwap = Callable[[], contextlib.AbstractContextManager]
+
+
+def run_pairs(
+    model: Any,
+    microbatches: list[MicroBatch],
+    on_pair: PairFn,
+    *,
+    forward_only: bool,
+    teacher_swap: TeacherSwap | None = None,
+) -> None:
+    """Run ``microbatches`` and call ``on_pair`` (last pipeline stage) with each micro-batch's
+    student and teacher response logits.
+
+    ``teacher_swap`` ``None`` (the teacher uses the student's weights): one
+    :func:`run_schedule` call over all micro-batches, both views in one pass;
+    :meth:`MicroBatch.split_logits` hands ``on_pair`` views of the one logits tensor.
+
+    With ``teacher_swap`` (a context-manager factory that puts the teacher weights into the
+    model and the policy's back after; micro-batches planned with ``separate_teacher=True``),
+    each micro-batch is a schedule call of its own, in two steps:
+
+    1. the teacher sequences, forward-only, inside ``teacher_swap()``; the last stage keeps
+       their response logits (detached: the teacher is a stop-gradient target);
+    2. the student sequences (forward-only, or forward-backward when ``forward_only`` is False)
+       with the policy's weights; ``on_pair`` gets the kept teacher logits.
+
+    Never more than one micro-batch's teacher logits are held (all of a mini-batch's would be
+    terabytes at the paper's lengths). With backward, gradients accumulate in the DDP buffers
+    across the calls and megatron's ``finalize_model_grads`` (the DP all-reduce, the sequence-
+    parallel norm and tied-embedding reductions, all linear in the gradients) runs once, after
+    the last micro-batch: it is switched off for the earlier calls. Megatron divides each loss
+    by the number of micro-batches of its call, which is 1 here, not ``len(microbatches)``
+    (callers undo that division, see :func:`schedule_divisor`).
+
+    The cost of the separate teacher: the parameters are swapped twice per micro-batch (an
+    in-place copy of this rank's shards; from CPU memory with ``offload_teacher``) and, under
+    pipeline parallelism, micro-batches are not pipelined (each call fills and drains the
+    pipeline: stages idle (PP − 1)/PP of the time instead of about (PP − 1)/(M + PP − 1)).
+    """
+    if teacher_swap is None:
+        if any(mb.teacher_inputs is not None for mb in microbatches):
+            raise ValueError("micro-batches planned with separate_teacher need a teacher_swap")
+
+        def on_logits(mb: MicroBatch, logits: torch.Tensor):
+            student, teacher = mb.split_logits(logits)
+            return on_pair(mb, student, teacher)
+
+        run_schedule(model, microbatches, on_logits, forward_only=forward_only)
+        return
+    if any(mb.paired and mb.teacher_inputs is None for mb in microbatches):
+        raise ValueError("with a teacher_swap, plan the micro-batches with separate_teacher=True")
+    if not microbatches:
+        raise ValueError("no micro-batches to run")
+    if not forward_only:
+        for chunk in model.chunks:
+            ddp = getattr(chunk, "ddp_config", None)
+            if ddp is not None and ddp.overlap_grad_reduce:
+                raise ValueError(
+                    "a separate teacher accumulates gradients over several schedule calls: it "
+                    "needs DDP without overlap_grad_reduce"
+                )
+    config = model.config
+    finalize = config.finalize_model_grads_func
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep_teacher(mb: MicroBatch, logits: torch.Tensor):
+        kept["teacher"] = logits.detach()
+        return logits.new_zeros(()), {}
+
+    try:
+        for i, mb in enumerate(microbatches):
+            teacher_mb = mb.teacher_view()
+            if teacher_mb is not None:
+                with teacher_swap():
+                    run_schedule(model, [teacher_mb], keep_teacher, forward_only=True)
+
+            def on_student(student_mb: MicroBatch, logits: torch.Tensor, mb=mb):
+                return on_pair(mb, logits, kept.pop("teacher", None))
+
+            if not forward_only:
+                config.finalize_model_grads_func = finalize if i == len(microbatches) - 1 else None
+            run_schedule(model, [mb.student_view()], on_student, forward_only=forward_only)
+    finally:
+        config.finalize_model_grads_func = finalize
+        kept.clear()
+
+
+def schedule_divisor(microbatches: list[MicroBatch], separate_teacher: bool) -> int:
+    """What megatron divides each micro-batch's loss by under :func:`run_pairs`: the number of
+    micro-batches of one schedule call (all of them in a shared pass, 1 per call with a
+    separate teacher)."""
+    return 1 if separate_teacher else len(microbatches)
 
 
 def result_owner() -> bool:

@@ -14,9 +14,15 @@ and, for rollouts with a teacher prompt (``has_teacher``):
 Rollouts without a teacher get the student's top-k alone (teacher fields 0).
 
 Where the teacher weights differ from the student's (``teacher_swap``: the frozen initial model
-or an EMA, see :mod:`.teacher_weights`), the two views cannot share a forward pass: the student
-view runs first, then the teacher sequences alone with the teacher weights swapped in. KL and
-top-k need both views' logits at once, so they are not available that way (an error says so).
+or an EMA, see :mod:`.teacher_weights`), the two views cannot share a forward pass:
+
+* with ``topk`` > 0, per micro-batch: the teacher sequences forward-only with the teacher
+  weights swapped in, their response logits kept (last stage, one micro-batch's worth), then
+  the student sequences with the policy's weights and every statistic of the shared pass (KL
+  and top-k included) from both (:func:`.forward.run_pairs`). Two swaps per micro-batch.
+* with ``topk`` = 0 (what the trainer asks for), the cheaper two passes: all student
+  micro-batches, then all teacher sequences inside one swap. Only per-view statistics come out
+  that way (teacher log-probs and entropy; ``kl`` is ``None``).
 
 Parallelism: each DP rank scores its share of the rollouts (balanced by tokens); the results are
 then **published to every rank** of the world (a zero-padded all-reduce from the last PP stage's
@@ -27,8 +33,7 @@ are B·T·k: request them for analysis-sized batches; the update step recomputes
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -38,13 +43,14 @@ from rlrt_megatron.megatron.forward import (
     Ids,
     MicroBatch,
     SequenceLayout,
+    TeacherSwap,
     check_rollouts,
     dp_share,
     plan_microbatches,
     publish,
     result_owner,
     rollout_costs,
-    run_schedule,
+    run_pairs,
     vocab_kwargs,
 )
 from rlrt_megatron.megatron.vocab_parallel import (
@@ -97,7 +103,7 @@ def score_rollouts(
     teacher_entropy: bool = False,
     temperature: float = 1.0,
     max_tokens: int = 8192,
-    teacher_swap: Callable[[], contextlib.AbstractContextManager] | None = None,
+    teacher_swap: TeacherSwap | None = None,
 ) -> ScoreResult:
     """Score rollouts with the model's current weights (and the teacher's, see below).
 
@@ -112,23 +118,19 @@ def score_rollouts(
         max_tokens: padded-token budget of a micro-batch (both views of a rollout count).
         teacher_swap: ``None``: the teacher view uses the same weights as the student, in the
             same micro-batches. Else a context-manager factory that swaps the teacher weights in
-            (and back out) for a second, teacher-only pass.
+            (and back out) for the teacher's own passes (see the module docstring).
 
     Every rank must call this with the same arguments; every rank gets the full result.
     """
     check_rollouts(prompts, responses, teacher_prompts, model.vocab_size)
     if topk < 0:
         raise ValueError(f"topk must be >= 0, got {topk}")
-    if teacher_swap is not None and topk > 0 and teacher_prompts is not None:
-        raise ValueError(
-            "top-k with a teacher needs both views in one pass, so the teacher must use the "
-            "student's weights (teacher_weights 'behavior' or 'current')"
-        )
     if teacher_prompts is None:
         has_teacher = torch.zeros(len(prompts), dtype=torch.bool)
     else:
         has_teacher = torch.tensor([t is not None for t in teacher_prompts], dtype=torch.bool)
-    if teacher_swap is None:
+    paired = bool(has_teacher.any())
+    if teacher_swap is None or topk > 0 or not paired:
         out = _pass(
             model,
             prompts,
@@ -138,31 +140,31 @@ def score_rollouts(
             teacher_entropy=teacher_entropy,
             temperature=temperature,
             max_tokens=max_tokens,
+            teacher_swap=teacher_swap if paired else None,
         )
         return ScoreResult(has_teacher=has_teacher, **out)
 
-    out = _pass(
-        model, prompts, responses, None, topk=topk, temperature=temperature, max_tokens=max_tokens
-    )
+    # A separate teacher without top-k: all students, then all teachers inside one swap.
+    assert teacher_prompts is not None  # paired
+    out = _pass(model, prompts, responses, None, temperature=temperature, max_tokens=max_tokens)
     result = ScoreResult(has_teacher=has_teacher, **out)
-    if teacher_prompts is not None and bool(has_teacher.any()):
-        rows = [i for i, t in enumerate(teacher_prompts) if t is not None]
-        with teacher_swap():
-            teacher = _pass(
-                model,
-                [teacher_prompts[i] for i in rows],
-                [responses[i] for i in rows],
-                None,
-                temperature=temperature,
-                max_tokens=max_tokens,
-            )
-        index = torch.tensor(rows, dtype=torch.long)
-        width = teacher["student_log_prob"].shape[1]  # the longest teacher-row response
-        result.teacher_log_prob = torch.zeros_like(result.student_log_prob)
-        result.teacher_log_prob[index, :width] = teacher["student_log_prob"]
-        if teacher_entropy:
-            result.teacher_entropy = torch.zeros_like(result.student_log_prob)
-            result.teacher_entropy[index, :width] = teacher["student_entropy"]
+    rows = [i for i, t in enumerate(teacher_prompts) if t is not None]
+    with teacher_swap():
+        teacher = _pass(
+            model,
+            [teacher_prompts[i] for i in rows],
+            [responses[i] for i in rows],
+            None,
+            temperature=temperature,
+            max_tokens=max_tokens,
+        )
+    index = torch.tensor(rows, dtype=torch.long)
+    width = teacher["student_log_prob"].shape[1]  # the longest teacher-row response
+    result.teacher_log_prob = torch.zeros_like(result.student_log_prob)
+    result.teacher_log_prob[index, :width] = teacher["student_log_prob"]
+    if teacher_entropy:
+        result.teacher_entropy = torch.zeros_like(result.student_log_prob)
+        result.teacher_entropy[index, :width] = teacher["student_entropy"]
     return result
 
 
@@ -176,8 +178,10 @@ def _pass(
     teacher_entropy: bool = False,
     temperature: float,
     max_tokens: int,
+    teacher_swap: TeacherSwap | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One forward-only pass; returns the ScoreResult fields (except ``has_teacher``)."""
+    """One forward-only pass (the teacher view with its own weights, micro-batch by micro-batch,
+    under ``teacher_swap``); returns the ScoreResult fields (except ``has_teacher``)."""
     from megatron.core import parallel_state as mpu
 
     n, width = len(prompts), max(len(r) for r in responses)
@@ -211,13 +215,16 @@ def _pass(
             teacher_prompts,
             max_tokens=max_tokens,
             layout=SequenceLayout.of(model),
+            separate_teacher=teacher_swap is not None,
         )
 
-        def on_logits(mb: MicroBatch, logits: torch.Tensor):
-            _score_microbatch(model, mb, logits, responses, out, topk, teacher_entropy, temperature)
-            return logits.new_zeros(()), {}
+        def on_pair(mb: MicroBatch, student: torch.Tensor, teacher: torch.Tensor | None):
+            _score_microbatch(
+                model, mb, student, teacher, responses, out, topk, teacher_entropy, temperature
+            )
+            return student.new_zeros(()), {}
 
-        run_schedule(model, microbatches, on_logits, forward_only=True)
+        run_pairs(model, microbatches, on_pair, forward_only=True, teacher_swap=teacher_swap)
     publish(out, result_owner())
     return dict(response_mask=mask, **out)
 
@@ -231,23 +238,23 @@ def _write(out: torch.Tensor, rows: Sequence[int], lengths: Sequence[int], flat:
 def _score_microbatch(
     model: Any,
     mb: MicroBatch,
-    logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
     responses: Sequence[Ids],
     out: dict[str, torch.Tensor],
     topk: int,
     teacher_entropy: bool,
     temperature: float,
 ) -> None:
-    """Scores of one micro-batch from its logits [b, S, V_local] (last pipeline stage).
+    """Scores of one micro-batch (last pipeline stage) from its students' response logits
+    [n_student_tokens, V_local] (indexed by ``mb.student_index``) and its paired teachers'
+    [n_teacher_tokens, V_local] (``paired`` order; from the same pass or the teacher's own).
 
     Paired rollouts get every student and teacher statistic from one pass over both views'
     response logits (``vocab_parallel_pair_stats``); the others from the student view alone.
-    Only the response positions are read: the [n_tokens, V_local] slices are copies of at most
-    this micro-batch's response logits.
     """
-    flat = logits.reshape(-1, logits.shape[-1])
-    kw = vocab_kwargs(model, logits, temperature)
-    dev = logits.device
+    kw = vocab_kwargs(model, student_logits, temperature)
+    dev = student_logits.device
 
     def targets(rows: list[int]) -> torch.Tensor:
         return torch.cat([torch.as_tensor(responses[r], dtype=torch.long) for r in rows]).to(dev)
@@ -260,7 +267,7 @@ def _score_microbatch(
     unpaired = sorted(set(range(len(mb.rows))) - set(mb.paired))
     if unpaired:
         rows = [mb.rows[j] for j in unpaired]
-        student = flat.index_select(0, mb.student_index(unpaired).to(dev))
+        student = student_logits.index_select(0, mb.student_index(unpaired).to(dev))
         log_prob, entropy = vocab_parallel_log_prob_entropy(student, targets(rows), **kw)
         write(rows, {"student_log_prob": log_prob, "student_entropy": entropy})
         if topk:
@@ -275,8 +282,8 @@ def _score_microbatch(
             )
     if mb.paired:
         rows = [mb.rows[j] for j in mb.paired]
-        student = flat.index_select(0, mb.student_index(mb.paired).to(dev))
-        teacher = flat.index_select(0, mb.teacher_index().to(dev))
+        student = student_logits.index_select(0, mb.student_index(mb.paired).to(dev))
+        teacher = teacher_logits
         stats = vocab_parallel_pair_stats(student, teacher, targets(rows), **kw)
         values = {
             "student_log_prob": stats.student_log_prob,

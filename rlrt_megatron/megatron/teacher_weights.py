@@ -4,14 +4,18 @@
               (student and teacher sequences share micro-batches). Default; no extra memory.
     current   the policy being updated: the teacher view is re-scored before every mini-batch
               (forward-only, current weights), so later mini-batches see updated teachers.
-    initial   a frozen copy of the weights the actor started from.
+    initial   a frozen copy of the weights the actor started from (SDPO's reference setting:
+              Table 5's SDPO "EMA update rate 0.0"; the paper's SDPO/SRPO configs use it).
     ema       an exponential moving average of the policy, updated after every optimizer step:
               ema ← ema + rate·(θ − ema).
 
 For ``initial`` and ``ema`` this rank keeps one copy of *its own* parameter shards (TP/PP
 sharded, never gathered), on the CPU by default (``offload``), and swaps it into the model for
 the teacher pass: parameter by parameter, through one parameter-sized temporary, so the model
-never needs a second full copy on the accelerator. The EMA is kept in float32 whatever the model
+never needs a second full copy on the accelerator (with CUDA the CPU copy is pinned, so the
+swaps run at full PCIe speed: distillation swaps twice per micro-batch, see
+:func:`.forward.run_pairs`; ``offload=False`` keeps the copy on the GPU for memcpy-speed swaps
+where memory allows). The EMA is kept in float32 whatever the model
 dtype (a bf16 EMA with a small rate would round every update away); swapping it into a bf16
 model stashes the live weights instead, and puts them back exactly.
 
@@ -57,13 +61,16 @@ class TeacherWeights:
         self._copy: list[torch.Tensor] = []
         if self.separate:
             dtype = torch.float32 if mode == "ema" else None
+            pin = offload and torch.cuda.is_available()
+
+            def copy_of(p: torch.Tensor) -> torch.Tensor:
+                t = p.detach().to(
+                    device="cpu" if offload else p.device, dtype=dtype or p.dtype, copy=True
+                )
+                return t.pin_memory() if pin else t
+
             with torch.no_grad():
-                self._copy = [
-                    p.detach().to(
-                        device="cpu" if offload else p.device, dtype=dtype or p.dtype, copy=True
-                    )
-                    for p in self._params
-                ]
+                self._copy = [copy_of(p) for p in self._params]
 
     @property
     def separate(self) -> bool:

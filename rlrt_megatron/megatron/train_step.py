@@ -9,10 +9,19 @@ The batch is cut into ``mini_batches`` contiguous row ranges, in the caller's or
    and DP ranks, so that Σ_micro Σ_DP (Σ ℓ / N) is the single-process token-mean exactly.
 3. Each DP rank takes its share of the rows (balanced by tokens), packs them into token-budget
    micro-batches and runs megatron's schedule with backward. For methods needing top-k (SDPO,
-   SRPO) the teacher sequences of the distillation rows ride in the same micro-batch and the
-   top-k is computed with the *current* weights (student with gradient, teacher stop-gradient).
-   Megatron divides each micro-batch loss by the number of micro-batches and DDP averages the
-   gradients over DP; the loss handed to megatron is multiplied by both to undo that.
+   SRPO) the top-k is taken at the student's *current* ids (student with gradient, teacher
+   stop-gradient), and the teacher's logits come from:
+   - the teacher sharing the policy's weights (``teacher_swap`` ``None``: behavior/current):
+     the teacher sequences of the distillation rows ride in the same micro-batch, so the
+     teacher is the *current* policy;
+   - separate teacher weights (``teacher_swap``: the frozen initial model, SDPO's reference
+     setting, or an EMA): per micro-batch a forward-only pass of its teacher sequences with the
+     teacher weights swapped in, then the student's forward-backward, one schedule call each
+     (:func:`.forward.run_pairs`: gradients accumulate across calls, the DP all-reduce runs
+     once; no pipelining across micro-batches under PP, two parameter swaps per micro-batch).
+   Megatron divides each micro-batch loss by the number of micro-batches of its schedule call
+   and DDP averages the gradients over DP; the loss handed to megatron is multiplied by both to
+   undo that.
 4. The gradient norm is checked: a non-finite loss or grad norm skips the step (weights,
    optimizer state and LR schedule untouched; ``skipped`` = 1 in the metrics). Otherwise the
    Megatron optimizer clips (``clip_grad``) and steps, and the LR scheduler advances one step.
@@ -35,12 +44,14 @@ from rlrt_megatron.megatron.forward import (
     Ids,
     MicroBatch,
     SequenceLayout,
+    TeacherSwap,
     check_rollouts,
     dp_share,
     plan_microbatches,
     result_owner,
     rollout_costs,
-    run_schedule,
+    run_pairs,
+    schedule_divisor,
     vocab_kwargs,
 )
 from rlrt_megatron.megatron.vocab_parallel import (
@@ -144,8 +155,13 @@ def train_step(
     *,
     before_minibatch: BeforeMinibatch | None = None,
     after_optimizer_step: Callable[[], None] | None = None,
+    teacher_swap: TeacherSwap | None = None,
 ) -> list[dict[str, float]]:
     """Run one update; returns one metrics dict per mini-batch (optimizer step).
+
+    ``teacher_swap``: ``None`` when the distillation teacher uses the policy's current weights;
+    else a context-manager factory putting the teacher's weights into the model (see the module
+    docstring). Only methods with ``needs_topk`` read the teacher in the update.
 
     Every rank calls this with the same batch. Metrics (the same on every rank): ``loss`` (the
     mini-batch loss), ``grad_norm``, ``lr``, ``tokens`` (the normalizer's token count),
@@ -172,7 +188,7 @@ def train_step(
         mini = _select(batch, rows)
         if before_minibatch is not None:
             mini = replace(mini, **(before_minibatch(rows) or {}))
-        metrics = _minibatch_step(model, optimizer, mini, config)
+        metrics = _minibatch_step(model, optimizer, mini, config, teacher_swap)
         if not metrics["skipped"]:
             scheduler.step(1)
             if after_optimizer_step is not None:
@@ -204,7 +220,9 @@ def _select(batch: TrainBatch, rows: list[int]) -> TrainBatch:
     )
 
 
-def _minibatch_step(model, optimizer, mini: TrainBatch, config: UpdateConfig) -> dict[str, float]:
+def _minibatch_step(
+    model, optimizer, mini: TrainBatch, config: UpdateConfig, teacher_swap: TeacherSwap | None
+) -> dict[str, float]:
     from megatron.core import parallel_state as mpu
 
     spec = get_method(config.method)
@@ -235,6 +253,10 @@ def _minibatch_step(model, optimizer, mini: TrainBatch, config: UpdateConfig) ->
         candidates = list(range(len(mini.responses)))
     costs = rollout_costs(mini.prompts, mini.responses, teachers)
     rows = [candidates[j] for j in dp_share([costs[i] for i in candidates], dp, dp_rank)]
+    # A separate teacher only where a distillation row of this mini-batch reads it (on every
+    # rank alike: all DP ranks take the same decision from the same mini-batch).
+    separate = teacher_swap is not None and teachers is not None
+    separate = separate and any(t is not None for t in teachers)
     microbatches = plan_microbatches(
         rows,
         mini.prompts,
@@ -242,13 +264,15 @@ def _minibatch_step(model, optimizer, mini: TrainBatch, config: UpdateConfig) ->
         teachers,
         max_tokens=config.max_tokens,
         layout=SequenceLayout.of(model),
+        separate_teacher=separate,
     )
-    scale = len(microbatches) * dp  # undo megatron's 1/num_microbatches and DDP's 1/DP
+    # Undo megatron's 1/(micro-batches of a schedule call) and DDP's 1/DP.
+    scale = schedule_divisor(microbatches, separate) * dp
     record = _Record()
 
-    def on_logits(mb: MicroBatch, logits: torch.Tensor):
+    def on_pair(mb: MicroBatch, student: torch.Tensor, teacher: torch.Tensor | None):
         loss, metrics, weight = _microbatch_loss(
-            model, mb, logits, mini, config, normalizer, token_weights
+            model, mb, student, teacher, mini, config, normalizer, token_weights
         )
         record.add(loss.detach(), metrics, weight)
         return loss * scale, {}
@@ -259,7 +283,13 @@ def _minibatch_step(model, optimizer, mini: TrainBatch, config: UpdateConfig) ->
     if normalizer == 0:  # nothing to learn from: no step (weight decay alone would move θ)
         lr = float(optimizer.param_groups[0]["lr"])
         return {"skipped": 1.0, "tokens": 0.0, "loss": 0.0, "nonfinite_loss": 0.0, "lr": lr}
-    run_schedule(model, microbatches, on_logits, forward_only=False)
+    run_pairs(
+        model,
+        microbatches,
+        on_pair,
+        forward_only=False,
+        teacher_swap=teacher_swap if separate else None,
+    )
 
     metrics = record.reduce(result_owner())
     optimizer.prepare_grads()
@@ -279,12 +309,20 @@ def _minibatch_step(model, optimizer, mini: TrainBatch, config: UpdateConfig) ->
 
 
 def _microbatch_loss(
-    model, mb: MicroBatch, logits, mini: TrainBatch, config, normalizer, token_weights
+    model,
+    mb: MicroBatch,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    mini: TrainBatch,
+    config,
+    normalizer,
+    token_weights,
 ):
-    """The method's loss on one micro-batch (last pipeline stage), with gradients."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    kw = vocab_kwargs(model, logits, config.temperature)
-    dev = logits.device
+    """The method's loss on one micro-batch (last pipeline stage), with gradients, from its
+    students' response logits [n_student_tokens, V_local] and its paired teachers'
+    [n_teacher_tokens, V_local] (``paired`` order; a stop-gradient target)."""
+    kw = vocab_kwargs(model, student_logits, config.temperature)
+    dev = student_logits.device
     b = len(mb.rows)
     lengths = torch.tensor([len(mini.responses[r]) for r in mb.rows])
     t = int(lengths.max())
@@ -292,7 +330,7 @@ def _microbatch_loss(
     # Flat [b·t] slots of the response tokens, in the order the logits are gathered.
     slots = torch.nonzero(mask.flatten()).flatten()
     target = torch.cat([torch.as_tensor(mini.responses[r]) for r in mb.rows]).to(dev)
-    student = flat.index_select(0, mb.student_index().to(dev))
+    student = student_logits.index_select(0, mb.student_index().to(dev))
     lp_flat, ent_flat = vocab_parallel_log_prob_entropy(student, target, **kw)
     logprobs = _scatter(lp_flat, slots, (b, t))
     entropy = _scatter(ent_flat, slots, (b, t))
@@ -312,8 +350,8 @@ def _microbatch_loss(
         pair_mask[pos] = mask[pos]
         pair_slots = torch.nonzero(pair_mask.flatten()).flatten()
         view = vocab_parallel_topk(
-            flat.index_select(0, mb.student_index(mb.paired).to(dev)),
-            flat.index_select(0, mb.teacher_index().to(dev)).detach(),
+            student_logits.index_select(0, mb.student_index(mb.paired).to(dev)),
+            teacher_logits.detach(),
             k=k,
             **kw,
         )

@@ -303,21 +303,33 @@ def run(tmp_path_factory, tiny_qwen3_dir, data) -> Path:
     return out
 
 
-def reference_update(path, batch, method, mini_batches, state=None):
+def reference_update(
+    path, batch, method, mini_batches, state=None, *, teacher_state=None, teacher_ema_rate=None
+):
     """The update in one process: HF model, method_loss on each whole mini-batch (its own
-    token-mean), clip 1.0, AdamW without decay on 1-D params. Returns (params, losses, norms)."""
+    token-mean), clip 1.0, AdamW without decay on 1-D params. Returns (params, losses, norms).
+
+    ``mini_batches``: an int (one update), or a sequence of them: consecutive updates over the
+    same batch with one optimizer. ``teacher_state``: the weights of a separate distillation
+    teacher (default: the model being trained, at its current weights); frozen, or with
+    ``teacher_ema_rate`` an EMA moved after every optimizer step: t ← t + rate·(θ − t)."""
     from rlrt_megatron.algorithms.distillation import srpo_token_weights, topk_with_tail
     from rlrt_megatron.algorithms.objective import DistillInputs, method_loss
 
     model = _hf(path, state)
+    teacher_model = model if teacher_state is None else _hf(path, teacher_state)
     params = dict(model.named_parameters())
     decay = [p for p in params.values() if p.dim() > 1]
     no_decay = [p for p in params.values() if p.dim() <= 1]
     opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], **ADAMW)
     b = len(batch["responses"])
-    bounds = torch.linspace(0, b, mini_batches + 1).round().long().tolist()
+    steps = [mini_batches] if isinstance(mini_batches, int) else list(mini_batches)
+    ranges = []
+    for n in steps:
+        bounds = torch.linspace(0, b, n + 1).round().long().tolist()
+        ranges += list(zip(bounds[:-1], bounds[1:], strict=True))
     losses, norms = [], []
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, end in ranges:
         rows = list(range(start, end))
         t = max(len(batch["responses"][r]) for r in rows)
         lps, ents, topks = [], [], []
@@ -328,7 +340,9 @@ def reference_update(path, batch, method, mini_batches, state=None):
             ents.append(-(lp.exp() * lp).sum(-1))
             if batch["distill_rows"][r]:
                 with torch.no_grad():
-                    tlp = _response_logprobs(model, batch["teacher_prompts"][r], y[:, 0].tolist())
+                    tlp = _response_logprobs(
+                        teacher_model, batch["teacher_prompts"][r], y[:, 0].tolist()
+                    )
                 topks.append(topk_with_tail(lp, tlp, TOPK))
             else:
                 z = torch.zeros(len(y), TOPK)
@@ -368,6 +382,10 @@ def reference_update(path, batch, method, mini_batches, state=None):
         norms.append(torch.nn.utils.clip_grad_norm_(params.values(), 1.0).item())
         losses.append(loss.item())
         opt.step()
+        if teacher_ema_rate is not None:
+            with torch.no_grad():
+                for name, t in teacher_model.named_parameters():
+                    t.lerp_(params[name], teacher_ema_rate)
     return {n: p.detach().clone() for n, p in params.items()}, losses, norms
 
 

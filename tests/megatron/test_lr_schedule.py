@@ -35,7 +35,7 @@ def stub_update(monkeypatch):
     skip: set[int] = set()
     calls = []
 
-    def minibatch_step(model, optimizer, mini, config):
+    def minibatch_step(model, optimizer, mini, config, teacher_swap=None):
         calls.append(len(calls))
         return {"lr": float(optimizer.param_groups[0]["lr"]), "skipped": float(calls[-1] in skip)}
 

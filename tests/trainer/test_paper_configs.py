@@ -139,6 +139,10 @@ def test_backbone_method_resolves_to_the_paper(backbone: str, method: str) -> No
         assert _lam(c, 50) == pytest.approx(0.0)
     else:  # no token reweighting: λ = 0 is plain GRPO-style advantages
         assert _lam(c, 0) == 0.0
+    # Table 5: SDPO's EMA update rate 0.0, i.e. the frozen initial model (SDPO's reference);
+    # SRPO distills as SDPO does, with SDPO's teacher. The others: θ_old (an open choice).
+    expected_teacher = "initial" if method in ("sdpo", "srpo") else "behavior"
+    assert c.actor.teacher_weights == expected_teacher
     _check_table5(c)
     _check_layout(c)
 
@@ -244,7 +248,12 @@ def test_readme_table_names_only_real_config_keys() -> None:
     table = text[text.index("## Paper setting → config key → value") :]
     sections = "data|model|actor|rollout|reward|eval|trainer|algorithm"
     keys = set(re.findall(rf"`((?:{sections})\.[a-z_.]+)`", table))
-    assert {"data.prompt_format", "actor.optimizer.schedule_unit", "algorithm.entropy_form"} <= keys
+    assert {
+        "data.prompt_format",
+        "actor.optimizer.schedule_unit",
+        "algorithm.entropy_form",
+        "actor.teacher_weights",
+    } <= keys
     for key in sorted(keys):
         cls = RunConfig
         for part in key.split("."):
