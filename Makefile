@@ -33,7 +33,7 @@ $(LAUNCH_STAMP): pyproject.toml
 	touch $@
 
 test: setup setup-launch
-	$(PY) -m pytest -m "not gpu" tests
+	$(PY) -m pytest -m "not gpu" tests --durations=25
 
 # Algorithm core and other pure-tensor tests only (seconds).
 test-fast: setup
