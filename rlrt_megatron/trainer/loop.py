@@ -40,7 +40,9 @@ from rlrt_megatron.trainer.step_batch import (
     StepRollouts,
     compute_token_advantages,
     keep_informative_groups,
+    on_policy_shortcut,
     plan_teachers,
+    score_for_update,
     shaped_advantages,
 )
 
@@ -100,11 +102,16 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
     ]
     prompts_flat, responses = rollouts.flat_prompts(), [s.token_ids for s in flat]
     run.placement.release_engine_memory()  # colocated: the engines sleep until the sync
-    with timer("logprobs"):
-        scores = run.policy.score(
+    shortcut = on_policy_shortcut(
+        alg, mini_batches=config.actor.mini_batches, teacher_weights=config.actor.teacher_weights
+    )
+    with timer("logprobs"):  # all rows, or with the shortcut only the teacher rows (or none)
+        scores, scored = score_for_update(
+            run.policy,
             prompts_flat,
             responses,
-            teacher_prompts=teacher_prompts if plan.rows.any() else None,
+            teacher_prompts,
+            shortcut=shortcut,
             teacher_entropy=alg.spec.needs_teacher_entropy,
         )
     token_adv = compute_token_advantages(
@@ -122,7 +129,7 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
     batch = TrainBatch(
         prompts=prompts_flat,
         responses=responses,
-        old_logprobs=scores.student_log_prob,
+        old_logprobs=None if shortcut else scores.student_log_prob,
         token_advantages=token_adv.values,
         pg_rows=token_adv.pg_rows,
         distill_rows=token_adv.distill_rows,
@@ -146,14 +153,13 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
 
     mask = scores.response_mask
     metrics.update(_mean_of(update_metrics, prefix="update/"))
-    metrics.update(logprob_agreement(engine_logprobs, scores.student_log_prob, mask).metrics())
+    metrics.update(_policy_metrics(metrics, engine_logprobs, scores, scored, shortcut))
     metrics.update({f"reweight/{k}": v for k, v in token_adv.metrics.items()})
     metrics.update(
         {
             "lambda": lam,
             "teacher/batch_size": float(plan.rows.sum()),
             "teacher/has_context": float(plan.has_context.float().mean()),
-            "policy/entropy": float(scores.student_entropy[mask].mean()),
             "sync/seconds": sync.seconds,
             "sync/version": float(sync.version),
         }
@@ -162,6 +168,26 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
         rows = plan.rows.unsqueeze(-1) & mask
         metrics["teacher/kl_mean"] = float(scores.kl[rows].mean())
     return {**metrics, **timer.metrics()}
+
+
+def _policy_metrics(
+    metrics: dict, engine_logprobs: torch.Tensor, scores: Any, scored: torch.Tensor, shortcut: bool
+) -> dict[str, float]:
+    """Trainer/engine log-prob agreement and the policy's entropy.
+
+    From the scoring pass's rows. With the on-policy shortcut the update's forward is π_old:
+    the entropy is its (``update/entropy``, all rows), and when no row was scored the agreement
+    is its mean |Δ| (``update/rollout_is_logprob_diff_mean``; no max then)."""
+    out = {"update/on_policy_shortcut": float(shortcut)}
+    mask = scores.response_mask & scored.unsqueeze(1)
+    if mask.any():
+        out.update(logprob_agreement(engine_logprobs, scores.student_log_prob, mask).metrics())
+        out["policy/entropy"] = float(scores.student_entropy[mask].mean())
+    elif "update/rollout_is_logprob_diff_mean" in metrics:
+        out["rollout/logprob_diff_mean"] = metrics["update/rollout_is_logprob_diff_mean"]
+    if shortcut and "update/entropy" in metrics:
+        out["policy/entropy"] = metrics["update/entropy"]
+    return out
 
 
 def _rollout_metrics(rewards: torch.Tensor, flat: list, graded: Any) -> dict[str, float]:
