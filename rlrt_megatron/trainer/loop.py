@@ -26,7 +26,12 @@ from rlrt_megatron.rewards.pool import RewardPool
 from rlrt_megatron.rollout.sampling import SamplingConfig
 from rlrt_megatron.trainer.config import RunConfig
 from rlrt_megatron.trainer.evaluation import evaluate, evaluate_per_prompt, paired_difference
-from rlrt_megatron.trainer.metrics import MetricsLogger, StepTimer, read_metrics
+from rlrt_megatron.trainer.metrics import (
+    MetricsLogger,
+    StepTimer,
+    read_metrics,
+    seconds_since_launch,
+)
 from rlrt_megatron.trainer.preemption import PreemptionHandler
 from rlrt_megatron.trainer.prompts import load_prompts, load_tokenizer, prompt_batches
 from rlrt_megatron.trainer.stack import (
@@ -259,7 +264,9 @@ def train(config: RunConfig) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(config.trainer.seed)
 
     init_ray(config.ray)
+    placing = time.perf_counter()
     with RewardPool.from_config(config.reward) as rewards, build_placement(config) as placement:
+        placed = time.perf_counter() - placing  # engines and ranks up (start-up's largest part)
         run = _Run(placement, rewards, tokenizer)
         state = RunState()
         resume_from = resolve_resume(checkpoint_dir(config), config.trainer.resume)
@@ -304,6 +311,12 @@ def train(config: RunConfig) -> dict[str, Any]:
             PreemptionHandler() as stop,
         ):
             for step in range(state.step, config.trainer.steps):
+                if "startup_seconds" not in summary:  # launch → first step, in the summary too
+                    summary.update(startup_seconds=seconds_since_launch(), placement_seconds=placed)
+                    log.message(
+                        f"start-up {summary['startup_seconds']:.1f} s to the first step (engines "
+                        f"and ranks {placed:.1f} s)"
+                    )
                 last = rl_step(config, step, run, next(batches), generator)
                 if config.eval.every and eval_prompts and (step + 1) % config.eval.every == 0:
                     last.update(
