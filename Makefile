@@ -7,7 +7,7 @@ STAMP := $(VENV)/.rlrt-installed
 LAUNCH_VENV ?= .venv-launch
 LAUNCH_STAMP := $(LAUNCH_VENV)/.rlrt-installed
 
-.PHONY: setup setup-launch test test-fast quickstart lint clean
+.PHONY: setup setup-launch setup-bench bench-trl test test-fast quickstart lint clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,24 @@ $(LAUNCH_STAMP): pyproject.toml
 	$(LAUNCH_VENV)/bin/python -m pip install --no-deps -e .
 	touch $@
 
+# TRL (benchmarks/vs_trl.py) in its own venv, never in .venv: CPU torch first, as in setup, so
+# that TRL's requirements cannot pull a CUDA build. 1.16.0 is the version of the shared workload.
+BENCH_VENV ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.rlrt-installed
+
+setup-bench: $(BENCH_STAMP)
+
+$(BENCH_STAMP):
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install torch==2.13.0
+	$(BENCH_VENV)/bin/python -m pip install 'trl==1.16.0'
+	$(BENCH_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+# rlrt train vs TRL's GRPOTrainer on ../shared/bench/WORKLOAD.md (tiny, then medium: long).
+bench-trl: setup setup-bench
+	$(PY) benchmarks/vs_trl.py --bench-python $(BENCH_VENV)/bin/python
+
 test: setup setup-launch
 	$(PY) -m pytest -m "not gpu" tests --durations=25
 
@@ -48,4 +66,4 @@ lint: setup
 	$(PY) -m ruff check rlrt_megatron tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) $(LAUNCH_VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LAUNCH_VENV) $(BENCH_VENV) *.egg-info .pytest_cache .hypothesis

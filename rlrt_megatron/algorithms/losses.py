@@ -67,8 +67,10 @@ def rollout_importance_weights(
 
     π_old is the trainer's behaviour-policy log-prob, π_rollout what the engine (vLLM) reported
     when it sampled the token; they differ through kernels, precision and sampling processors. The
-    weight is detached. Metrics: mean weight and the fraction of tokens truncated at C (before
-    truncation), both over response tokens.
+    weight is detached. Metrics: mean weight, the fraction of tokens truncated at C (before
+    truncation) and the mean |log π_old − log π_rollout| (the trainer/engine agreement of
+    `rlrt_megatron.cluster.agreement`, also where no separate scoring pass ran), all over
+    response tokens.
     """
     mask = response_mask.bool()
     with torch.no_grad():
@@ -79,6 +81,9 @@ def rollout_importance_weights(
         metrics = {
             "rollout_is_weight_mean": ((weights * mask).sum() / n).item(),
             "rollout_is_clipped_frac": (((raw > clip) & mask).sum() / n).item(),
+            "rollout_is_logprob_diff_mean": (
+                torch.where(mask, (old_logprobs - rollout_logprobs).abs(), 0.0).sum() / n
+            ).item(),
         }
     return weights.detach(), metrics
 

@@ -26,6 +26,10 @@ What the platform does while the trainer trains:
   RAM while the trainer runs; plan host memory for both. Weights travel through the object store
   (or the gloo broadcast).
 
+Start-up: the engine pool and the policy group start at the same time (`start_together`: vLLM's
+start-up and the ranks' model build overlap), except colocated on GPUs, where the engines start
+first and alone (vLLM sizes its KV cache from the free GPU memory it measures).
+
 Weight transport (``PlacementConfig.weight_transport``, `rlrt_megatron.cluster.sync`): ``auto``
 takes the object store on CPU, NCCL broadcast for disaggregated and CUDA IPC for colocated
 placement on GPUs.
@@ -33,6 +37,8 @@ placement on GPUs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -134,6 +140,32 @@ def colocated_configs(
     return policy, pool
 
 
+def start_together(
+    start_engines: Callable[[], Any], start_policy: Callable[[], Any], *, parallel: bool
+) -> tuple[Any, Any]:
+    """``(start_engines(), start_policy())``, both constructors running at the same time when
+    ``parallel`` (each blocks until its Ray actors are up: vLLM's start-up and the ranks' model
+    build overlap), else engines first. If either fails, the other is shut down once started
+    and the first error is raised."""
+    if not parallel:
+        engines = start_engines()
+        try:
+            return engines, start_policy()
+        except BaseException:
+            engines.shutdown()
+            raise
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rlrt-start") as threads:
+        futures = [threads.submit(start_engines), threads.submit(start_policy)]
+        wait(futures)
+    errors = [f.exception() for f in futures]
+    if any(errors):
+        for future, error in zip(futures, errors, strict=True):
+            if error is None:
+                future.result().shutdown()
+        raise next(e for e in errors if e is not None)
+    return futures[0].result(), futures[1].result()
+
+
 class Placement:
     """A `PolicyGroup` and an `EnginePool`, placed as ``placement.mode`` says (module docstring).
 
@@ -156,9 +188,10 @@ class Placement:
         self._channel: BroadcastChannel | None = None
         self.transport = "object_store"
         if self.config.mode == "disaggregated":
-            self.engines = EnginePool(pool)
+            self.engines, self.policy = start_together(
+                lambda: EnginePool(pool), lambda: PolicyGroup(policy), parallel=True
+            )
             try:
-                self.policy = PolicyGroup(policy)
                 self._choose_transport()
             except BaseException:
                 self.shutdown()
@@ -175,13 +208,17 @@ class Placement:
                 f" {self.config.timeout_s:.0f} s; it has {ray.cluster_resources()}"
             )
         try:
-            # Engines first: they take long to start, and ranks joining the gloo world wait
-            # for each other only.
-            self.engines = EnginePool(
-                pool, placement_group=self._pg, bundle_indices=list(range(pool.num_engines))
-            )
-            self.policy = PolicyGroup(
-                policy, placement_group=self._pg, bundle_indices=list(range(policy.num_ranks))
+            # On CPU both start at once. On GPUs the engines start first and alone: vLLM sizes
+            # its KV cache from the GPU memory it sees free while profiling, which a rank
+            # allocating on the same GPU meanwhile would falsify.
+            self.engines, self.policy = start_together(
+                lambda: EnginePool(
+                    pool, placement_group=self._pg, bundle_indices=list(range(pool.num_engines))
+                ),
+                lambda: PolicyGroup(
+                    policy, placement_group=self._pg, bundle_indices=list(range(policy.num_ranks))
+                ),
+                parallel=not uses_gpus(policy, pool),
             )
             self._choose_transport()
         except BaseException:

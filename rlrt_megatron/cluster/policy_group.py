@@ -8,7 +8,9 @@
 
 Each rank hosts one `PolicyActor`; every method here sends the same call to every rank (SPMD: the
 TP/PP/DP collectives run inside) and returns rank 0's result. The actor's passes leave their
-results on every rank (scores are gathered), so rank 0's is the whole batch's.
+results on every rank (scores are gathered), so rank 0's is the whole batch's. A call's arguments
+(a step's [B, T] tensors) go into Ray's object store once and every rank reads them from there;
+of `score` and `train_step` only rank 0's result travels back (`WorkerGroup.call_all_first`).
 
 Placement: by default the group makes its own placement group (`WorkerGroup`, disaggregated).
 Given ``placement_group=`` it puts rank ``i`` into bundle ``bundle_indices[i]`` of a group made
@@ -127,7 +129,7 @@ class PolicyGroup:
         teacher_entropy: bool = False,
     ) -> Any:
         """`PolicyActor.score` on every rank; rank 0's `ScoreResult` ([B, T] tensors)."""
-        results = self.workers.call_all(
+        return self.workers.call_all_first(
             "score",
             [list(p) for p in prompts],
             [list(r) for r in responses],
@@ -135,12 +137,11 @@ class PolicyGroup:
             topk=topk,
             teacher_entropy=teacher_entropy,
         )
-        return results[0]
 
     def train_step(self, batch: Any, update: Any) -> list[dict[str, float]]:
         """`PolicyActor.train_step` (a `TrainBatch`, an `UpdateConfig`) on every rank; rank 0's
         metrics, one dict per optimizer step."""
-        return self.workers.call_all("train_step", batch, update)[0]
+        return self.workers.call_all_first("train_step", batch, update)
 
     def hf_weights(self) -> dict[str, Any]:
         """The full HF state dict, in this process. A whole copy of the model through Ray: for

@@ -70,12 +70,24 @@ class RankWorker:
     def setup(self, factory: Callable[..., Any], args: tuple, kwargs: dict) -> None:
         self.obj = factory(*args, **kwargs)
 
-    def call(self, method: str, args: tuple, kwargs: dict) -> Any:
-        return getattr(self.obj, method)(*args, **kwargs)
+    def call(self, method: str, args: tuple, kwargs: dict, keep: bool = True) -> Any:
+        """The hosted object's ``method(*args, **kwargs)``; ``keep=False`` returns None instead
+        (the result stays here: nothing travels back to the driver)."""
+        result = getattr(self.obj, method)(*args, **kwargs)
+        return result if keep else None
 
     def run(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """``fn(hosted_object, *args, **kwargs)`` on this rank (``fn`` must be importable)."""
         return fn(self.obj, *args, **kwargs)
+
+
+def _put_once(args: tuple, kwargs: dict) -> tuple[Any, Any]:
+    """The call's arguments in the object store, once: every rank's task gets the same refs
+    (Ray resolves top-level refs before the call), instead of one serialized copy per rank
+    through the driver."""
+    import ray
+
+    return ray.put(args), ray.put(kwargs)
 
 
 class WorkerGroup:
@@ -175,11 +187,24 @@ class WorkerGroup:
 
     def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Call ``method`` of the hosted object on every rank; results in rank order."""
-        return self._gather([w.call.remote(method, args, kwargs) for w in self.workers])
+        args_ref, kwargs_ref = _put_once(args, kwargs)
+        return self._gather([w.call.remote(method, args_ref, kwargs_ref) for w in self.workers])
+
+    def call_all_first(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Like `call_all`, but only rank 0's result comes back (every rank's call is still
+        awaited, so a failing rank is reported): for SPMD calls whose result is the same on
+        every rank, e.g. a whole batch's scores."""
+        args_ref, kwargs_ref = _put_once(args, kwargs)
+        refs = [
+            w.call.remote(method, args_ref, kwargs_ref, rank == 0)
+            for rank, w in enumerate(self.workers)
+        ]
+        return self._gather(refs)[0]
 
     def run_all(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
         """Run ``fn(hosted_object, *args, **kwargs)`` on every rank; results in rank order."""
-        return self._gather([w.run.remote(fn, args, kwargs) for w in self.workers])
+        args_ref, kwargs_ref = _put_once(args, kwargs)
+        return self._gather([w.run.remote(fn, args_ref, kwargs_ref) for w in self.workers])
 
     def shutdown(self) -> None:
         import ray

@@ -69,7 +69,10 @@ class TrainBatch:
 
     Attributes:
         prompts, responses: per rollout, student prompt ids and response ids.
-        old_logprobs: [B, T] behaviour-policy log-probs (from the scoring pass).
+        old_logprobs: [B, T] behaviour-policy log-probs (from the scoring pass), or ``None``
+            when the update is exactly on-policy (one mini-batch, weights unchanged since the
+            rollouts were sampled): π_old = π_θ, so the loss takes the update forward's own
+            log-probs, detached, and no separate scoring pass is needed (`on_policy_shortcut`).
         token_advantages: [B, T] A_t (the method's reweighting already applied).
         pg_rows, distill_rows: [B] bool, from ``registry.policy_gradient_rows`` /
             ``registry.distillation_rows``.
@@ -81,7 +84,7 @@ class TrainBatch:
 
     prompts: Sequence[Ids]
     responses: Sequence[Ids]
-    old_logprobs: torch.Tensor
+    old_logprobs: torch.Tensor | None
     token_advantages: torch.Tensor
     pg_rows: torch.Tensor
     distill_rows: torch.Tensor
@@ -102,7 +105,8 @@ class TrainBatch:
                 raise ValueError(f"{name} must be a [B={b}] bool tensor")
         mask = self.response_mask
         for name in ("old_logprobs", "token_advantages"):
-            if not torch.isfinite(getattr(self, name)[mask]).all():
+            value = getattr(self, name)
+            if value is not None and not torch.isfinite(value[mask]).all():
                 raise ValueError(f"{name} is not finite on response tokens")
         for row in torch.nonzero(self.distill_rows).flatten().tolist():
             if self.teacher_prompts is None or self.teacher_prompts[row] is None:
@@ -175,6 +179,11 @@ def train_step(
     b = len(batch.responses)
     if config.mini_batches > b:
         raise ValueError(f"{config.mini_batches} mini-batches for {b} rollouts")
+    if batch.old_logprobs is None and config.mini_batches > 1:
+        raise ValueError(
+            "old_logprobs=None (π_old = the update's own forward) needs mini_batches=1: later "
+            f"mini-batches run after an optimizer step; got mini_batches={config.mini_batches}"
+        )
     spec = get_method(config.method)
     if spec.needs_topk and batch.distill_rows.any() and batch.teacher_prompts is None:
         raise ValueError(f"method {spec.name!r} needs teacher prompts for its distillation rows")
@@ -368,10 +377,12 @@ def _microbatch_loss(
         # Non-finite model output: keep the schedule going on every rank (the backward must
         # still run), flag the step as skipped.
         return logprobs.sum() * math.nan, {"nonfinite_loss": 1.0, "microbatches": 1.0}, weight
+    # On-policy shortcut (TrainBatch.old_logprobs None): π_old is this forward's π_θ, detached.
+    old = logprobs.detach() if mini.old_logprobs is None else rows_of(mini.old_logprobs)
     loss, metrics = method_loss(
         config.method,
         logprobs=logprobs,
-        old_logprobs=rows_of(mini.old_logprobs),
+        old_logprobs=old,
         token_advantages=rows_of(mini.token_advantages),
         response_mask=mask,
         pg_rows=pg_rows,

@@ -26,7 +26,12 @@ from rlrt_megatron.rewards.pool import RewardPool
 from rlrt_megatron.rollout.sampling import SamplingConfig
 from rlrt_megatron.trainer.config import RunConfig
 from rlrt_megatron.trainer.evaluation import evaluate, evaluate_per_prompt, paired_difference
-from rlrt_megatron.trainer.metrics import MetricsLogger, StepTimer, read_metrics
+from rlrt_megatron.trainer.metrics import (
+    MetricsLogger,
+    StepTimer,
+    read_metrics,
+    seconds_since_launch,
+)
 from rlrt_megatron.trainer.preemption import PreemptionHandler
 from rlrt_megatron.trainer.preflight import Preflight, clear_run_outputs, preflight
 from rlrt_megatron.trainer.prompts import load_prompts, load_tokenizer, prompt_batches
@@ -41,7 +46,9 @@ from rlrt_megatron.trainer.step_batch import (
     StepRollouts,
     compute_token_advantages,
     keep_informative_groups,
+    on_policy_shortcut,
     plan_teachers,
+    score_for_update,
     shaped_advantages,
 )
 
@@ -101,11 +108,16 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
     ]
     prompts_flat, responses = rollouts.flat_prompts(), [s.token_ids for s in flat]
     run.placement.release_engine_memory()  # colocated: the engines sleep until the sync
-    with timer("logprobs"):
-        scores = run.policy.score(
+    shortcut = on_policy_shortcut(
+        alg, mini_batches=config.actor.mini_batches, teacher_weights=config.actor.teacher_weights
+    )
+    with timer("logprobs"):  # all rows, or with the shortcut only the teacher rows (or none)
+        scores, scored = score_for_update(
+            run.policy,
             prompts_flat,
             responses,
-            teacher_prompts=teacher_prompts if plan.rows.any() else None,
+            teacher_prompts,
+            shortcut=shortcut,
             teacher_entropy=alg.spec.needs_teacher_entropy,
         )
     token_adv = compute_token_advantages(
@@ -123,7 +135,7 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
     batch = TrainBatch(
         prompts=prompts_flat,
         responses=responses,
-        old_logprobs=scores.student_log_prob,
+        old_logprobs=None if shortcut else scores.student_log_prob,
         token_advantages=token_adv.values,
         pg_rows=token_adv.pg_rows,
         distill_rows=token_adv.distill_rows,
@@ -147,14 +159,13 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
 
     mask = scores.response_mask
     metrics.update(_mean_of(update_metrics, prefix="update/"))
-    metrics.update(logprob_agreement(engine_logprobs, scores.student_log_prob, mask).metrics())
+    metrics.update(_policy_metrics(metrics, engine_logprobs, scores, scored, shortcut))
     metrics.update({f"reweight/{k}": v for k, v in token_adv.metrics.items()})
     metrics.update(
         {
             "lambda": lam,
             "teacher/batch_size": float(plan.rows.sum()),
             "teacher/has_context": float(plan.has_context.float().mean()),
-            "policy/entropy": float(scores.student_entropy[mask].mean()),
             "sync/seconds": sync.seconds,
             "sync/version": float(sync.version),
         }
@@ -163,6 +174,26 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
         rows = plan.rows.unsqueeze(-1) & mask
         metrics["teacher/kl_mean"] = float(scores.kl[rows].mean())
     return {**metrics, **timer.metrics()}
+
+
+def _policy_metrics(
+    metrics: dict, engine_logprobs: torch.Tensor, scores: Any, scored: torch.Tensor, shortcut: bool
+) -> dict[str, float]:
+    """Trainer/engine log-prob agreement and the policy's entropy.
+
+    From the scoring pass's rows. With the on-policy shortcut the update's forward is π_old:
+    the entropy is its (``update/entropy``, all rows), and when no row was scored the agreement
+    is its mean |Δ| (``update/rollout_is_logprob_diff_mean``; no max then)."""
+    out = {"update/on_policy_shortcut": float(shortcut)}
+    mask = scores.response_mask & scored.unsqueeze(1)
+    if mask.any():
+        out.update(logprob_agreement(engine_logprobs, scores.student_log_prob, mask).metrics())
+        out["policy/entropy"] = float(scores.student_entropy[mask].mean())
+    elif "update/rollout_is_logprob_diff_mean" in metrics:
+        out["rollout/logprob_diff_mean"] = metrics["update/rollout_is_logprob_diff_mean"]
+    if shortcut and "update/entropy" in metrics:
+        out["policy/entropy"] = metrics["update/entropy"]
+    return out
 
 
 def _rollout_metrics(rewards: torch.Tensor, flat: list, graded: Any) -> dict[str, float]:
@@ -310,7 +341,9 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
     generator = torch.Generator().manual_seed(config.trainer.seed)
 
     init_ray(config.ray)
+    placing = time.perf_counter()
     with RewardPool.from_config(config.reward) as rewards, build_placement(config) as placement:
+        placed = time.perf_counter() - placing  # engines and ranks up (start-up's largest part)
         run = _Run(placement, rewards, tokenizer)
         state = RunState()
         resume_from, extra = _load_resume_checkpoint(config, run, checked.resume_from)
@@ -360,6 +393,12 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
                 if stop.should_stop:  # signalled during start-up: no step to checkpoint
                     _note_preemption(summary, stop, step)
                     break
+                if "startup_seconds" not in summary:  # launch → first step, in the summary too
+                    summary.update(startup_seconds=seconds_since_launch(), placement_seconds=placed)
+                    log.message(
+                        f"start-up {summary['startup_seconds']:.1f} s to the first step (engines "
+                        f"and ranks {placed:.1f} s)"
+                    )
                 last = rl_step(config, step, run, next(batches), generator)
                 if config.eval.every and eval_prompts and (step + 1) % config.eval.every == 0:
                     last.update(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -64,6 +65,13 @@ class MetricsLogger:
             }
             self._bar.set_postfix(shown, refresh=False)
             self._bar.update(1)
+
+    def message(self, text: str) -> None:
+        """One line for the person watching: above the progress bar, or the log without one."""
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            logger.info(text)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -155,3 +163,17 @@ def _plain(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/inf
     return value
+
+
+def seconds_since_launch() -> float:
+    """Wall seconds since this process started (its imports included), from /proc where there is
+    one, else since this module was imported."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()

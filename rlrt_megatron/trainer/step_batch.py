@@ -7,7 +7,8 @@ advantages → `TrainBatch`. Every function here is plain tensor/list work, test
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -18,6 +19,7 @@ from rlrt_megatron.algorithms.entropy_advantage import entropy_shaped_advantages
 from rlrt_megatron.algorithms.registry import distillation_rows, policy_gradient_rows
 from rlrt_megatron.algorithms.reweighting import token_advantages, token_weight_stats
 from rlrt_megatron.data.records import PromptRecord
+from rlrt_megatron.megatron.scoring import ScoreResult
 from rlrt_megatron.rollout.sampling import Sample
 from rlrt_megatron.teacher.contexts import GroupInputs, TeacherPlan, plan_teacher_batch
 
@@ -171,3 +173,86 @@ def compute_token_advantages(
 def keep_informative_groups(rewards: torch.Tensor) -> torch.Tensor:
     """[G] bool: groups whose rewards are not all equal (DAPO's dynamic sampling filter)."""
     return (rewards != rewards[:, :1]).any(dim=-1)
+
+
+def on_policy_shortcut(config: AlgorithmConfig, *, mini_batches: int, teacher_weights: str) -> bool:
+    """True when the update needs no student scoring pass: its old log-probs are its own.
+
+    With one mini-batch the update runs on the weights that sampled the rollouts (the engines are
+    synced after every update), so π_old = π_θ and the loss can take its own forward's log-probs,
+    detached (`TrainBatch.old_logprobs` None). Conditions:
+    - ``mini_batches == 1``: after the first optimizer step π_θ moves away from π_old.
+    - ``teacher_weights == "behavior"``: the teacher view shares the student's weights and
+      micro-batches, so only its rows need a pass; the other options (initial, ema, current)
+      keep the full scoring pass.
+    - no GRPO+EB advantage-form entropy term: it needs every row's entropy before the update.
+    """
+    return mini_batches == 1 and teacher_weights == "behavior" and config.entropy_advantage is None
+
+
+def score_for_update(
+    policy: Any,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    teacher_prompts: Sequence[Sequence[int] | None],
+    *,
+    shortcut: bool,
+    teacher_entropy: bool,
+) -> tuple[ScoreResult, torch.Tensor]:
+    """The scoring pass of a step: ``(scores, scored)``, scores [B, T] in the batch's order and
+    ``scored`` [B] bool, the rows the pass ran on.
+
+    Without the shortcut every row is scored (student view; teacher view where a teacher prompt
+    is given). With it (`on_policy_shortcut`) only the rows with a teacher prompt are (their
+    student log-probs enter the token weights, e.g. RLRT's D_t, Eq. 6), and nothing at all when
+    no row has one (GRPO); the other rows' fields are 0.
+    """
+    has_teacher = [t is not None for t in teacher_prompts]
+    if not shortcut:
+        scores = policy.score(
+            prompts,
+            responses,
+            teacher_prompts=teacher_prompts if any(has_teacher) else None,
+            teacher_entropy=teacher_entropy,
+        )
+        return scores, torch.ones(len(responses), dtype=torch.bool)
+    rows = [i for i, h in enumerate(has_teacher) if h]
+    t = max(len(r) for r in responses)
+    lengths = torch.tensor([len(r) for r in responses])
+    full = ScoreResult(
+        response_mask=torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1),
+        student_log_prob=torch.zeros(len(responses), t),
+        student_entropy=torch.zeros(len(responses), t),
+        has_teacher=torch.tensor(has_teacher, dtype=torch.bool),
+    )
+    scored = torch.zeros(len(responses), dtype=torch.bool)
+    if not rows:
+        return full, scored
+    part = policy.score(
+        [prompts[i] for i in rows],
+        [responses[i] for i in rows],
+        teacher_prompts=[teacher_prompts[i] for i in rows],
+        teacher_entropy=teacher_entropy,
+    )
+    scored[rows] = True
+    return expand_rows(part, rows, full), scored
+
+
+def expand_rows(part: ScoreResult, rows: Sequence[int], full: ScoreResult) -> ScoreResult:
+    """``full`` with the rows ``rows`` taken from ``part`` (the scores of those rows, in that
+    order, [len(rows), T' ≤ T, ...]); fields ``full`` lacks are zero-filled to [B, T, ...]."""
+    index = torch.tensor(list(rows), dtype=torch.long)
+    b, t = full.response_mask.shape
+    out = {}
+    for f in fields(ScoreResult):
+        value = getattr(part, f.name)
+        if f.name in ("response_mask", "has_teacher") or value is None:
+            out[f.name] = getattr(full, f.name) if value is not None else None
+            continue
+        base = getattr(full, f.name)
+        if base is None:
+            base = torch.zeros(b, t, *value.shape[2:], dtype=value.dtype)
+        base = base.clone()
+        base[index, : value.shape[1]] = value
+        out[f.name] = base
+    return ScoreResult(**out)

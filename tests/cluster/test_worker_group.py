@@ -66,6 +66,21 @@ def test_a_failing_rank_is_named(group):
         group.call_all("fail_on", 1)
 
 
+def test_arguments_go_to_the_object_store_once_and_one_result_comes_back(group, monkeypatch):
+    import ray
+
+    puts = []
+    real_put = ray.put
+    monkeypatch.setattr(ray, "put", lambda value: puts.append(value) or real_put(value))
+    assert group.call_all_first("reduce", 3.0) == 4.5  # rank 0's result, ranks got the value
+    assert puts == [(3.0,), {}]  # one copy of the arguments for both ranks
+    assert group.run_all(doubled, x=3.0) == [9.0, 9.0]
+    # keep=False: the rank's result stays on the rank.
+    assert ray.get(group.workers[1].call.remote("env", (), {}, False)) is None
+    with pytest.raises(WorkerGroupError, match="rank 1 failed: ValueError"):
+        group.call_all_first("fail_on", 1)  # a failing rank other than 0 is still reported
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="num_workers must be >= 1"):
         WorkerGroupConfig(num_workers=0)

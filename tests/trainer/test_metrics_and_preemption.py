@@ -1,10 +1,17 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
-from rlrt_megatron.trainer.metrics import MetricsLogger, StepTimer, read_metrics
+from rlrt_megatron.trainer.metrics import (
+    MetricsLogger,
+    StepTimer,
+    read_metrics,
+    seconds_since_launch,
+)
 from rlrt_megatron.trainer.preemption import PreemptionHandler
 
 
@@ -75,3 +82,23 @@ def test_a_torn_last_line_is_skipped_by_readers_and_cut_by_the_next_writer(tmp_p
     # A torn line in the middle (from an older tool) is skipped too, not fatal.
     path.write_text('{"step": 1, "x": 1}\n{"ste\n{"step": 2, "x": 2}\n')
     assert [r["x"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_seconds_since_launch_counts_from_the_process_start():
+    # A fresh interpreter sleeps before importing the module: the time counts from its launch.
+    code = (
+        "import time; time.sleep(1.5); "
+        "from rlrt_megatron.trainer.metrics import seconds_since_launch as s; print(s())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 1.5 <= float(out.stdout) < 120
+    assert 0 < seconds_since_launch()
+
+
+def test_message_goes_above_the_bar_or_to_the_log(tmp_path, capsys, caplog):
+    with MetricsLogger(tmp_path, tensorboard=False, console=True, total_steps=1) as log:
+        log.message("start-up 1.0 s")
+    assert "start-up 1.0 s" in capsys.readouterr().out
+    with caplog.at_level("INFO"), MetricsLogger(tmp_path, tensorboard=False, console=False) as log:
+        log.message("start-up 2.0 s")
+    assert "start-up 2.0 s" in caplog.text

@@ -1,0 +1,84 @@
+"""rlrt-megatron against TRL's GRPOTrainer on the fixed workloads of ../shared/bench/WORKLOAD.md.
+
+    make bench-trl                                  # both workloads (tiny, then medium)
+    .venv/bin/python benchmarks/vs_trl.py --quick   # the tiny workload alone
+
+For each workload it builds the data, tokenizer and model with this project's code
+(`trl_bench/workload.py`), then runs TRL (in ``.venv-bench``, which `make bench-trl` creates:
+CPU torch first, then TRL 1.16.0, never in ``.venv``) and `rlrt train` (grpo) one after the
+other on this machine (`trl_bench/runners.py`), and prints per workload and system: median
+s/step over steps 3–N, median generated tok/s, peak memory, start-up time, the median phase
+split, and the ratio TRL s/step ÷ rlrt s/step (> 1: rlrt-megatron is faster).
+
+Nothing else should run on the machine meanwhile: the figures are wall-clock times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # trl_bench (runs as a script)
+
+from trl_bench.runners import REPO, RunResult, run_rlrt, run_trl  # noqa: E402
+from trl_bench.workload import VARIANTS, build_workload  # noqa: E402
+
+
+def format_result(result: RunResult) -> list[str]:
+    phases = ", ".join(f"{k} {v:.2f}" for k, v in result.median_phases().items())
+    startup = "-" if result.startup_seconds is None else f"{result.startup_seconds:.1f}"
+    return [
+        f"  {result.system:<5} {result.median_step:8.3f} s/step {result.median_tok_s:9.0f} tok/s"
+        f"   peak RSS {result.peak_tree_rss_gb:5.2f} GB (largest process"
+        f" {result.peak_process_rss_gb:.2f})   start-up {startup} s   wall"
+        f" {result.wall_seconds:.0f} s   other-load {result.other_load:.2f} cores",
+        f"        phases (median s): {phases}",
+    ]
+
+
+def report(name: str, trl: RunResult, ours: RunResult) -> str:
+    ratio = trl.median_step / ours.median_step
+    lines = [f"{name}: median over steps 3-{len(ours.steps)}"]
+    lines += format_result(trl) + format_result(ours)
+    lines.append(f"  ratio TRL/rlrt s/step: {ratio:.2f}x  (> 1: rlrt-megatron faster)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the tiny workload alone")
+    parser.add_argument("--workdir", default=str(REPO / "runs" / "bench_vs_trl"))
+    parser.add_argument(
+        "--bench-python",
+        default=str(REPO / ".venv-bench" / "bin" / "python"),
+        help="python of the TRL venv (default: %(default)s)",
+    )
+    parser.add_argument("--json", help="also write the per-step figures here")
+    args = parser.parse_args(argv)
+    bench_python = Path(args.bench_python)
+    if not bench_python.exists():
+        parser.error(f"{bench_python} does not exist: run `make bench-trl` (it creates the venv)")
+    names = ["tiny"] if args.quick else ["tiny", "medium"]
+    reports, dump = [], {}
+    for name in names:
+        folder = Path(args.workdir) / name
+        info = build_workload(VARIANTS[name], folder)
+        print(
+            f"{name}: {info['parameters']:,} parameters, tokenizer {info['tokenizer']}", flush=True
+        )
+        trl = run_trl(folder, bench_python)
+        print(f"{name}: TRL done ({trl.median_step:.3f} s/step)", flush=True)
+        ours = run_rlrt(folder)
+        print(f"{name}: rlrt done ({ours.median_step:.3f} s/step)", flush=True)
+        reports.append(report(name, trl, ours))
+        dump[name] = {r.system: vars(r) for r in (trl, ours)}
+    print("\n" + "\n\n".join(reports))
+    if args.json:
+        Path(args.json).write_text(json.dumps(dump, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
