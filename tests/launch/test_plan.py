@@ -116,7 +116,12 @@ def test_tensor_parallel_three_is_refused(capsys):
         ),
         (["actor.max_tokens=16384"], [], "cannot hold the widest rollout: 66560 real tokens"),
         (
-            ["actor.max_tokens=66560", "actor.packing=false"],
+            [
+                "actor.max_tokens=66560",
+                "actor.packing=false",
+                "actor.parallel.context_parallel=1",
+                "actor.data_parallel=2",
+            ],
             [],
             "cannot hold the widest rollout: 88064 padded tokens",
         ),
@@ -261,6 +266,11 @@ def test_context_parallel_comes_from_the_config_and_the_flag_overrides_it(capsys
 def test_padded_micro_batches_cost_more_flops_than_packed(capsys):
     _, packed, _ = _plan_json(capsys, str(PAPER["qwen3_8b_base/rlrt"]))
     _, padded, _ = _plan_json(
-        capsys, str(PAPER["qwen3_8b_base/rlrt"]), "actor.packing=false", "actor.max_tokens=88064"
+        capsys,
+        str(PAPER["qwen3_8b_base/rlrt"]),
+        "actor.packing=false",
+        "actor.max_tokens=88064",
+        "actor.parallel.context_parallel=1",
+        "actor.data_parallel=2",
     )
     assert padded["step"]["train_flops"] > 1.2 * packed["step"]["train_flops"]
