@@ -193,7 +193,6 @@ def verify_checkpoint_files(path: str | Path) -> None:
     format, its extra state readable (and safe), its ``.metadata`` safe, every byte range the
     metadata lists present in its shard files. Raises :class:`CheckpointLoadError` (or
     :class:`UnsafeCheckpointError`) naming the problem."""
-    import pickle
 
     path = Path(path)
     if not path.exists():
@@ -207,9 +206,9 @@ def verify_checkpoint_files(path: str | Path) -> None:
     for name in (DCP_METADATA_FILE, "common.pt"):
         if not (path / name).is_file():
             raise CheckpointLoadError(f"{path}: {name} is missing")
-    check_dcp_metadata(path)
-    try:  # safe: check_dcp_metadata allowed only metadata classes in this pickle
-        storage = pickle.loads((path / DCP_METADATA_FILE).read_bytes()).storage_data or {}
+    metadata = check_dcp_metadata(path)  # read by the allow-list unpickler, never plain pickle
+    try:
+        storage = metadata.storage_data or {}
     except Exception as error:
         raise CheckpointLoadError(f"{path / DCP_METADATA_FILE}: unreadable ({error})") from None
     needed: dict[str, int] = {}
@@ -646,14 +645,15 @@ def _dcp_metadata_global_allowed(module: str, name: str) -> bool:
     return False
 
 
-def check_dcp_metadata(path: str | Path) -> None:
+def check_dcp_metadata(path: str | Path) -> Any:
     """Refuse a checkpoint whose ``.metadata`` (which torch reads with plain ``pickle.load``)
-    names anything but checkpoint-metadata classes."""
+    names anything but checkpoint-metadata classes; returns the metadata, read by the
+    restricted unpickler (``None`` when the file is missing)."""
     file = Path(path) / DCP_METADATA_FILE
     if not file.is_file():
-        return  # dist_checkpointing reports the missing index itself
+        return None  # dist_checkpointing reports the missing index itself
     try:
-        check_pickle(file, _dcp_metadata_global_allowed)
+        return check_pickle(file, _dcp_metadata_global_allowed)
     except UnsafeStateError as error:
         raise UnsafeCheckpointError(str(error)) from None
 

@@ -214,9 +214,13 @@ class _DryRunUnpickler(pickle.Unpickler):
         return None
 
 
-def check_pickle(path: str | Path, allow: AllowGlobal) -> None:
+def check_pickle(path: str | Path, allow: AllowGlobal) -> Any:
     """Raise :class:`UnsafeStateError` unless every global the pickle at ``path`` names passes
-    ``allow(module, name)``. Reads plain pickles and torch's zip files (its ``data.pkl``)."""
+    ``allow(module, name)``. Reads plain pickles and torch's zip files (its ``data.pkl``).
+
+    Returns what the restricted unpickler built (for a plain pickle, the object itself; in a
+    torch zip file tensor storages are ``None``), so a caller never needs a second, unrestricted
+    ``pickle.loads`` of the same bytes."""
     import zipfile
 
     path = Path(path)
@@ -229,7 +233,7 @@ def check_pickle(path: str | Path, allow: AllowGlobal) -> None:
     else:
         payload = path.read_bytes()
     try:
-        _DryRunUnpickler(io.BytesIO(payload), allow, path).load()
+        return _DryRunUnpickler(io.BytesIO(payload), allow, path).load()
     except UnsafeStateError:
         raise
     except Exception as error:  # a malformed pickle: refuse rather than hand it on
