@@ -129,6 +129,19 @@ class RolloutSection:
     or CUDA IPC (colocated) on GPUs; see rlrt_megatron.cluster.sync."""
     sleep_level: int = 1
     """Colocated: vLLM sleep level while the trainer runs (1 offloads weights, 2 drops them)."""
+    mode: Literal["sync", "one_step_off"] = "sync"
+    """sync: step t's rollouts come from the weights of step t (on-policy). one_step_off: the
+    engines generate step t+1's rollouts while step t updates (disaggregated placement only: the
+    colocated engines sleep during the update), so they are one weight version stale; the scoring
+    pass gives π_old and the truncated importance correction (engine log-probs) covers the lag."""
+
+    def __post_init__(self) -> None:
+        # Checked at config load, before Ray or any engine starts.
+        if self.mode == "one_step_off" and self.placement == "colocated":
+            raise ValueError(
+                "rollout.mode=one_step_off needs rollout.placement=disaggregated: colocated "
+                "engines sleep while the trainer updates, so nothing can overlap"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
