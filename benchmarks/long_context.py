@@ -95,8 +95,10 @@ def main() -> None:
             rows.append((tokens, result))
     print()
     print(f"update of one N-token sequence, hidden {args.hidden}, 2 layers, float32, packed")
-    print(f"{'tokens':>8} | {'CP=1 peak MiB':>14} | {'CP=2 peak MiB/rank':>19} | {'ratio':>6} |"
-          f" {'CP=1 s':>7} | {'CP=2 s':>7}")
+    print(
+        f"{'tokens':>8} | {'CP=1 peak MiB':>14} | {'CP=2 peak MiB/rank':>19} | {'ratio':>6} |"
+        f" {'CP=1 s':>7} | {'CP=2 s':>7}"
+    )
     for tokens, r in rows:
         print(
             f"{tokens:>8} | {r[1]['peak'] / 2**20:>14.1f} | {r[2]['peak'] / 2**20:>19.1f} | "

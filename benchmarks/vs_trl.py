@@ -8,7 +8,11 @@ For each workload it builds the data, tokenizer and model with this project's co
 CPU torch first, then TRL 1.16.0, never in ``.venv``) and `rlrt train` (grpo) one after the
 other on this machine (`trl_bench/runners.py`), and prints per workload and system: median
 s/step over steps 3–N, median generated tok/s, peak memory, start-up time, the median phase
-split, and the ratio TRL s/step ÷ rlrt s/step (> 1: rlrt-megatron is faster).
+split, and the ratio TRL s/step ÷ rlrt s/step (> 1: rlrt-megatron is faster). A third row runs
+`rlrt train` with ``rollout.mode=one_step_off`` (step t+1 generates while step t updates; it
+needs disaggregated placement), reported beside the others: on two shared cores the engine and
+the trainer compete for the same cores, so the overlap buys little there (its payoff is on
+GPUs with engines on their own devices). ``--no-one-step-off`` skips it.
 
 Nothing else should run on the machine meanwhile: the figures are wall-clock times.
 """
@@ -38,12 +42,25 @@ def format_result(result: RunResult) -> list[str]:
     ]
 
 
-def report(name: str, trl: RunResult, ours: RunResult) -> str:
-    ratio = trl.median_step / ours.median_step
+ONE_STEP_OFF = ("rollout.mode=one_step_off", "rollout.placement=disaggregated")
+
+
+def report(name: str, trl: RunResult, ours: RunResult, off: RunResult | None = None) -> str:
     lines = [f"{name}: median over steps 3-{len(ours.steps)}"]
-    lines += format_result(trl) + format_result(ours)
+    lines += format_result(trl) + format_result(ours) + (format_result(off) if off else [])
+    ratio = trl.median_step / ours.median_step
     lines.append(f"  ratio TRL/rlrt s/step: {ratio:.2f}x  (> 1: rlrt-megatron faster)")
+    if off is not None:
+        lines.append(
+            f"  ratio TRL/rlrt one_step_off s/step: {trl.median_step / off.median_step:.2f}x"
+        )
     return "\n".join(lines)
+
+
+def measured(result: RunResult, folder: Path) -> RunResult:
+    """Keep a system's figures beside the workload as soon as they exist (``--reuse-trl``)."""
+    (folder / f"{result.system}_measured.json").write_text(json.dumps(vars(result), indent=2))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         help="python of the TRL venv (default: %(default)s)",
     )
     parser.add_argument("--json", help="also write the per-step figures here")
+    parser.add_argument(
+        "--no-one-step-off", action="store_true", help="skip the rollout.mode=one_step_off row"
+    )
+    parser.add_argument(
+        "--reuse-trl",
+        action="store_true",
+        help="take TRL's figures from an earlier run's WORKDIR/<workload>/TRL_measured.json on "
+        "this machine (TRL's side does not change with rlrt-megatron's code); said in the output",
+    )
     args = parser.parse_args(argv)
     bench_python = Path(args.bench_python)
     if not bench_python.exists():
@@ -68,12 +94,21 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name}: {info['parameters']:,} parameters, tokenizer {info['tokenizer']}", flush=True
         )
-        trl = run_trl(folder, bench_python)
+        saved_trl = folder / "TRL_measured.json"
+        if args.reuse_trl and saved_trl.is_file():
+            trl = RunResult(**json.loads(saved_trl.read_text()))
+            print(f"{name}: TRL figures reused from {saved_trl}", flush=True)
+        else:
+            trl = measured(run_trl(folder, bench_python), folder)
         print(f"{name}: TRL done ({trl.median_step:.3f} s/step)", flush=True)
-        ours = run_rlrt(folder)
+        ours = measured(run_rlrt(folder), folder)
         print(f"{name}: rlrt done ({ours.median_step:.3f} s/step)", flush=True)
-        reports.append(report(name, trl, ours))
-        dump[name] = {r.system: vars(r) for r in (trl, ours)}
+        off = None
+        if not args.no_one_step_off:
+            off = measured(run_rlrt(folder, ONE_STEP_OFF, label="rlrt_1off"), folder)
+            print(f"{name}: rlrt one_step_off done ({off.median_step:.3f} s/step)", flush=True)
+        reports.append(report(name, trl, ours, off))
+        dump[name] = {r.system: vars(r) for r in (trl, ours, off) if r is not None}
     print("\n" + "\n\n".join(reports))
     if args.json:
         Path(args.json).write_text(json.dumps(dump, indent=2))

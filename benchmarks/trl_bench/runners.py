@@ -144,21 +144,23 @@ def run_trl(folder: Path, bench_python: Path) -> RunResult:
     )
 
 
-RLRT_PHASES = ("rollout", "reward", "logprobs", "update", "sync")
+RLRT_PHASES = ("rollout", "reward", "logprobs", "update", "rollout_wait", "sync")
 
 
-def run_rlrt(folder: Path) -> RunResult:
-    """`rlrt train` (grpo) on the workload in ``folder``; per-step figures from the run's
-    ``metrics.jsonl`` (``time/step``, ``time/<phase>``, ``response/length_mean``)."""
+def run_rlrt(folder: Path, overrides: tuple[str, ...] = (), label: str = "rlrt") -> RunResult:
+    """`rlrt train` (grpo) on the workload in ``folder`` with ``key=value`` ``overrides`` of its
+    ``rlrt.yaml``; per-step figures from the run's ``metrics.jsonl`` (``time/step``,
+    ``time/<phase>``, ``response/length_mean``). ``label`` names the system and the run folder."""
     info = json.loads((folder / "workload.json").read_text())
-    run_dir = folder / "rlrt_run"
+    run_dir = folder / f"{label}_run"
     if run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "rlrt_megatron.cli", "train", str(folder / "rlrt.yaml")]
-    wall, memory = _run_measured(cmd, folder / "rlrt.log", env)
+    cmd += [f"trainer.run_dir={run_dir}", *overrides]
+    wall, memory = _run_measured(cmd, folder / f"{label}.log", env)
     rows = info["prompts_per_step"] * info["num_generations"]
     steps = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -174,7 +176,7 @@ def run_rlrt(folder: Path) -> RunResult:
         )
     summary = json.loads((run_dir / "summary.json").read_text())
     return RunResult(
-        system="rlrt",
+        system=label,
         steps=steps,
         peak_tree_rss_gb=memory.peak_tree / 1e9,
         peak_process_rss_gb=memory.peak_process / 1e9,

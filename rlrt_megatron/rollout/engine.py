@@ -66,6 +66,9 @@ class EngineConfig:
     """Fraction of GPU memory vLLM may take (weights + KV cache); unused on CPU."""
     cpu_kvcache_space_gib: int = 1
     """KV-cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``); unused on GPU."""
+    cpu_threads: int | None = None
+    """Intra-op (OpenMP) threads of a CPU engine; None keeps the process's default (in a Ray
+    actor: its CPU share, at least 1). Unused on GPU."""
     enforce_eager: bool | None = None
     """None: eager on CPU (torch.compile takes minutes on small machines), CUDA graphs on GPU."""
     enable_prefix_caching: bool = True
@@ -101,6 +104,15 @@ class EngineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
+        if self.cpu_threads is not None and (
+            isinstance(self.cpu_threads, bool)
+            or not isinstance(self.cpu_threads, int)
+            or self.cpu_threads < 1
+        ):
+            raise ValueError(
+                f"EngineConfig.cpu_threads must be a positive integer or None, got "
+                f"{self.cpu_threads!r}"
+            )
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(
                 "EngineConfig.gpu_memory_utilization must be in (0, 1],"
@@ -150,6 +162,12 @@ def _prepare_environment(config: EngineConfig, platform: Platform) -> None:
         # vLLM's default binds OpenMP threads to cores it picks itself, which fights Ray's and the
         # test runner's placement on small machines.
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        if config.cpu_threads is not None:
+            # Before vLLM starts: its CPU worker forbids torch.set_num_threads afterwards.
+            import torch
+
+            os.environ["OMP_NUM_THREADS"] = str(config.cpu_threads)
+            torch.set_num_threads(config.cpu_threads)
 
 
 def _check_cpu_support(hf_config: dict[str, Any], model_path: str) -> None:

@@ -90,6 +90,10 @@ class ActorSection:
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     cpus_per_rank: float = 1.0
     gpus_per_rank: float = 0.0
+    torch_threads: int | None = None
+    """Intra-op threads of each CPU rank; None: derived (`trainer.stack.cpu_threads`): the
+    node's cores per rank in sync mode (the engines idle while the ranks work), shared with the
+    engines in one_step_off mode. Unused with GPUs."""
 
     def __post_init__(self) -> None:
         # Layout errors found here fail at config load, before Ray or any rank starts.
@@ -121,6 +125,8 @@ class RolloutSection:
     gpu_memory_utilization: float = 0.5
     cpus_per_engine: float = 1.0
     gpus_per_engine: float | None = None
+    cpu_threads: int | None = None
+    """Intra-op threads of each CPU engine; None: derived like ``actor.torch_threads``."""
     placement: Literal["colocated", "disaggregated"] = "disaggregated"
     bucket_bytes: int = 512 * 2**20
     """Weight-sync bucket size."""

@@ -1,7 +1,8 @@
 """The RL loop. `train` is the whole run; `rl_step` is one step, readable top to bottom:
 
 rollout → reward → group advantages → teacher batch → old/teacher log-probs → token advantages →
-update → weight sync → metrics (→ checkpoint, evaluation in `train`).
+update → weight sync → metrics (→ checkpoint, evaluation in `train`). With ``rollout.mode:
+one_step_off`` the next step's rollouts are generated during this step (`RolloutFeed`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from rlrt_megatron.trainer.metrics import (
 from rlrt_megatron.trainer.preemption import PreemptionHandler
 from rlrt_megatron.trainer.preflight import Preflight, clear_run_outputs, preflight
 from rlrt_megatron.trainer.prompts import load_prompts, load_tokenizer, prompt_batches
+from rlrt_megatron.trainer.rollout_feed import GeneratedBatch, RolloutFeed, step_sampling
 from rlrt_megatron.trainer.stack import (
     build_placement,
     checkpoint_dir,
@@ -67,20 +69,25 @@ class RunState:
     rng: dict | None = None
 
 
-def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) -> dict[str, float]:
-    """One RL step on ``prompts`` (a batch of `TemplatedPrompt`); returns its metrics."""
+def rl_step(
+    config: RunConfig, step: int, run: Any, prompts: list | RolloutFeed, generator
+) -> dict[str, float]:
+    """One RL step; returns its metrics. ``prompts``: a batch of `TemplatedPrompt` (generated
+    now) or the run's `RolloutFeed` (which hands over this step's rollouts and, in one_step_off
+    mode, generates the next step's while this one updates)."""
     alg, timer = config.algorithm, StepTimer()
     k = config.data.rollouts_per_prompt
-    sampling = SamplingConfig(
-        n=k,
-        temperature=config.rollout.temperature,
-        top_p=config.rollout.top_p,
-        top_k=config.rollout.top_k,
-        max_tokens=config.rollout.max_response_tokens,
-        seed=config.trainer.seed * 1_000_003 + step * len(prompts),  # resumable sampling
-    )
+    feed = prompts if isinstance(prompts, RolloutFeed) else None
     with timer("rollout"):
-        samples = run.engines.generate([p.ids for p in prompts], sampling)
+        if feed is not None:
+            generated = feed.take(step)
+            feed.start_ahead(step)  # one_step_off: step t+1 generates from here to the sync
+        else:
+            sampling = step_sampling(config, step, len(prompts))
+            generated = GeneratedBatch(
+                prompts, run.engines.generate([p.ids for p in prompts], sampling)
+            )
+    prompts, samples = generated.prompts, generated.samples
     rollouts = StepRollouts([p.record for p in prompts], [p.ids for p in prompts], samples)
     flat = rollouts.flat_samples()
     with timer("reward"):
@@ -109,7 +116,10 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
     prompts_flat, responses = rollouts.flat_prompts(), [s.token_ids for s in flat]
     run.placement.release_engine_memory()  # colocated: the engines sleep until the sync
     shortcut = on_policy_shortcut(
-        alg, mini_batches=config.actor.mini_batches, teacher_weights=config.actor.teacher_weights
+        alg,
+        mini_batches=config.actor.mini_batches,
+        teacher_weights=config.actor.teacher_weights,
+        rollout_mode=config.rollout.mode,
     )
     with timer("logprobs"):  # all rows, or with the shortcut only the teacher rows (or none)
         scores, scored = score_for_update(
@@ -154,6 +164,9 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
     )
     with timer("update"):
         update_metrics = run.policy.train_step(batch, update)
+    if feed is not None:
+        with timer("rollout_wait"):  # a sync never overtakes the generation in flight
+            feed.finish_ahead()
     with timer("sync"):
         sync = run.placement.sync_weights()  # version = the engines' current + 1
 
@@ -168,6 +181,9 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
             "teacher/has_context": float(plan.has_context.float().mean()),
             "sync/seconds": sync.seconds,
             "sync/version": float(sync.version),
+            # Updates between the rollouts' weights and those this update started from
+            # (sync.version − 1): 0 on-policy, 1 with one_step_off.
+            "rollout/staleness": float(sync.version - 1 - metrics["rollout/weight_version"]),
         }
     )
     if scores.kl is not None and plan.rows.any():
@@ -345,11 +361,12 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
     with RewardPool.from_config(config.reward) as rewards, build_placement(config) as placement:
         placed = time.perf_counter() - placing  # engines and ranks up (start-up's largest part)
         run = _Run(placement, rewards, tokenizer)
+        feed = RolloutFeed(config, placement.engines, batches)
         state = RunState()
         resume_from, extra = _load_resume_checkpoint(config, run, checked.resume_from)
         if resume_from is not None:
             state = RunState(step=extra["step"], data=extra.get("data"), rng=extra.get("rng"))
-            batches.load_state_dict(state.data)
+            feed.load_state_dict(state.data, extra.get("rollouts_ahead"))
             generator.set_state(state.rng["torch"])
             random.setstate(state.rng["python"])
             np.random.set_state(state.rng["numpy"])
@@ -399,7 +416,7 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
                         f"start-up {summary['startup_seconds']:.1f} s to the first step (engines "
                         f"and ranks {placed:.1f} s)"
                     )
-                last = rl_step(config, step, run, next(batches), generator)
+                last = rl_step(config, step, run, feed, generator)
                 if config.eval.every and eval_prompts and (step + 1) % config.eval.every == 0:
                     last.update(
                         {
@@ -413,7 +430,8 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
                 first_reward = last["reward/mean"] if first_reward is None else first_reward
                 done = step + 1 == config.trainer.steps
                 if done or stop.should_stop or (step + 1) % config.trainer.save_every == 0:
-                    extra = {"data": batches.state_dict(), "rng": _rng_state(generator)}
+                    # data position (+ one_step_off's batch generated ahead) and RNG states
+                    extra = {**feed.state_dict(), "rng": _rng_state(generator)}
                     saved = run.policy.run_all(
                         save_on_rank,
                         str(checkpoint_dir(config)),

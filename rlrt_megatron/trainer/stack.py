@@ -8,6 +8,7 @@ placed colocated or disaggregated. The `*_on_rank` functions run inside each tra
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,28 @@ def actor_config(config: RunConfig) -> ActorConfig:
     )
 
 
+def cpu_threads(config: RunConfig) -> tuple[int | None, int | None]:
+    """Intra-op threads of (each trainer rank, each engine) on CPU-only machines; None where the
+    process runs on GPUs (torch's default there) or where the config says.
+
+    Derived unless ``actor.torch_threads`` / ``rollout.cpu_threads`` are given: in sync mode the
+    rollout and the update alternate, so each takes the node's cores (``ray.num_cpus``, else
+    this machine's count) divided among its own processes; with ``rollout.mode=one_step_off``
+    they run at once and the cores are divided among ranks and engines together. (Ray alone
+    would give a process with a fractional CPU share one thread, leaving cores idle.)"""
+    cores = config.ray.num_cpus or os.cpu_count() or 1
+    ranks = config.actor.parallel.model_parallel * config.actor.data_parallel
+    engines = config.rollout.num_engines * config.rollout.tensor_parallel
+    overlap = config.rollout.mode == "one_step_off"
+    rank_threads = config.actor.torch_threads
+    if rank_threads is None and not config.actor.gpus_per_rank:
+        rank_threads = max(1, cores // (ranks + engines if overlap else ranks))
+    engine_threads = config.rollout.cpu_threads
+    if engine_threads is None and not config.rollout.gpus_per_engine:
+        engine_threads = max(1, cores // (ranks + engines if overlap else engines))
+    return rank_threads, engine_threads
+
+
 def engine_pool_config(config: RunConfig) -> EnginePoolConfig:
     r = config.rollout
     engine = EngineConfig(
@@ -57,6 +80,7 @@ def engine_pool_config(config: RunConfig) -> EnginePoolConfig:
         tensor_parallel_size=r.tensor_parallel,
         seed=config.trainer.seed,
         gpu_memory_utilization=r.gpu_memory_utilization,
+        cpu_threads=cpu_threads(config)[1],
     )
     return EnginePoolConfig(
         engine=engine,
@@ -97,6 +121,7 @@ def build_placement(config: RunConfig) -> Placement:
         num_ranks=config.actor.parallel.model_parallel * config.actor.data_parallel,
         cpus_per_rank=config.actor.cpus_per_rank,
         gpus_per_rank=config.actor.gpus_per_rank,
+        torch_threads=cpu_threads(config)[0],
     )
     placement = PlacementConfig(
         mode=config.rollout.placement,

@@ -175,19 +175,28 @@ def keep_informative_groups(rewards: torch.Tensor) -> torch.Tensor:
     return (rewards != rewards[:, :1]).any(dim=-1)
 
 
-def on_policy_shortcut(config: AlgorithmConfig, *, mini_batches: int, teacher_weights: str) -> bool:
+def on_policy_shortcut(
+    config: AlgorithmConfig, *, mini_batches: int, teacher_weights: str, rollout_mode: str = "sync"
+) -> bool:
     """True when the update needs no student scoring pass: its old log-probs are its own.
 
     With one mini-batch the update runs on the weights that sampled the rollouts (the engines are
     synced after every update), so π_old = π_θ and the loss can take its own forward's log-probs,
     detached (`TrainBatch.old_logprobs` None). Conditions:
+    - ``rollout_mode == "sync"``: with one_step_off the rollouts come from the previous weights,
+      so π_old (the weights the update starts from) needs its own pass.
     - ``mini_batches == 1``: after the first optimizer step π_θ moves away from π_old.
     - ``teacher_weights == "behavior"``: the teacher view shares the student's weights and
       micro-batches, so only its rows need a pass; the other options (initial, ema, current)
       keep the full scoring pass.
     - no GRPO+EB advantage-form entropy term: it needs every row's entropy before the update.
     """
-    return mini_batches == 1 and teacher_weights == "behavior" and config.entropy_advantage is None
+    return (
+        rollout_mode == "sync"
+        and mini_batches == 1
+        and teacher_weights == "behavior"
+        and config.entropy_advantage is None
+    )
 
 
 def score_for_update(

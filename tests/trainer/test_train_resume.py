@@ -16,6 +16,7 @@ from _trainer_test_graders import parity_grade
 from rlrt_megatron.cli import compare_hf_weights
 from rlrt_megatron.data.synthetic import write_arithmetic_splits
 from rlrt_megatron.megatron.checkpoint import find_latest, resolve_hf_model, step_dir_name
+from rlrt_megatron.megatron.safe_state import load_state
 from rlrt_megatron.rewards.registry import register_reward
 from rlrt_megatron.trainer.config import load_run_config
 from rlrt_megatron.trainer.loop import train
@@ -123,4 +124,34 @@ def test_preempted_run_resumes_to_the_same_metrics(
     a, b = read_metrics(straight), read_metrics(resumed)
     assert [r["step"] for r in b] == list(range(1, STEPS + 1))
     for key in COMPARED:
+        assert b[-1][key] == pytest.approx(a[-1][key], rel=1e-5, abs=1e-7), key
+
+
+def test_one_step_off_run_resumes_to_the_same_metrics(overrides, tmp_path, monkeypatch):
+    """rollout.mode=one_step_off: step t+1's rollouts are generated while step t updates (one
+    weight version stale), and a run pre-empted after step 1 — its checkpoint holding the batch
+    already generated for step 2 — resumes to the uninterrupted run's metrics."""
+    one_step_off = [o for o in overrides if not o.startswith(("data.eval_files", "eval."))] + [
+        "rollout.mode=one_step_off"
+    ]
+    straight = tmp_path / "straight"
+    train(load_run_config(None, one_step_off + [f"trainer.run_dir={straight}"]))
+    a = read_metrics(straight)
+    assert [r["rollout/staleness"] for r in a] == [0.0, 1.0, 1.0]
+    assert [r["rollout/weight_version"] for r in a] == [0.0, 0.0, 1.0]
+    assert all(r["update/on_policy_shortcut"] == 0.0 for r in a)  # π_old from a scoring pass
+    assert all("update/rollout_is_weight_mean" in r for r in a)
+
+    resumed = tmp_path / "resumed"
+    config = load_run_config(None, one_step_off + [f"trainer.run_dir={resumed}"])
+    with monkeypatch.context() as patch:
+        _sigterm_after_first_step(patch)
+        assert train(config).get("preempted") is True
+    checkpoint = find_latest(resumed / "checkpoints")
+    assert checkpoint is not None
+    assert load_state(checkpoint / "extra.json")["rollouts_ahead"] is not None
+    train(config)
+    b = read_metrics(resumed)
+    assert [r["step"] for r in b] == list(range(1, STEPS + 1))
+    for key in COMPARED + ("rollout/staleness", "response/length_mean"):
         assert b[-1][key] == pytest.approx(a[-1][key], rel=1e-5, abs=1e-7), key
