@@ -21,10 +21,12 @@ import torch
 from rlrt_megatron.cluster.agreement import logprob_agreement
 from rlrt_megatron.configuration import save_config
 from rlrt_megatron.data.templating import encode_chat
+from rlrt_megatron.interfaces import Grader, Placement, Policy, RolloutEngines
 from rlrt_megatron.megatron.checkpoint import HF_SUBDIR
+from rlrt_megatron.megatron.scoring import ScoreResult
 from rlrt_megatron.megatron.train_step import TrainBatch, UpdateConfig
-from rlrt_megatron.rewards.pool import RewardPool
-from rlrt_megatron.rollout.sampling import SamplingConfig
+from rlrt_megatron.rewards.pool import RewardBatch, RewardPool
+from rlrt_megatron.rollout.sampling import Sample, SamplingConfig
 from rlrt_megatron.trainer.config import RunConfig
 from rlrt_megatron.trainer.evaluation import evaluate, evaluate_per_prompt, paired_difference
 from rlrt_megatron.trainer.metrics import (
@@ -35,7 +37,12 @@ from rlrt_megatron.trainer.metrics import (
 )
 from rlrt_megatron.trainer.preemption import PreemptionHandler
 from rlrt_megatron.trainer.preflight import Preflight, clear_run_outputs, preflight
-from rlrt_megatron.trainer.prompts import load_prompts, load_tokenizer, prompt_batches
+from rlrt_megatron.trainer.prompts import (
+    TemplatedPrompt,
+    load_prompts,
+    load_tokenizer,
+    prompt_batches,
+)
 from rlrt_megatron.trainer.rollout_feed import GeneratedBatch, RolloutFeed, step_sampling
 from rlrt_megatron.trainer.stack import (
     build_placement,
@@ -70,7 +77,11 @@ class RunState:
 
 
 def rl_step(
-    config: RunConfig, step: int, run: Any, prompts: list | RolloutFeed, generator
+    config: RunConfig,
+    step: int,
+    run: _Run,
+    prompts: list[TemplatedPrompt] | RolloutFeed,
+    generator: torch.Generator,
 ) -> dict[str, float]:
     """One RL step; returns its metrics. ``prompts``: a batch of `TemplatedPrompt` (generated
     now) or the run's `RolloutFeed` (which hands over this step's rollouts and, in one_step_off
@@ -193,7 +204,11 @@ def rl_step(
 
 
 def _policy_metrics(
-    metrics: dict, engine_logprobs: torch.Tensor, scores: Any, scored: torch.Tensor, shortcut: bool
+    metrics: dict,
+    engine_logprobs: torch.Tensor,
+    scores: ScoreResult,
+    scored: torch.Tensor,
+    shortcut: bool,
 ) -> dict[str, float]:
     """Trainer/engine log-prob agreement and the policy's entropy.
 
@@ -212,7 +227,9 @@ def _policy_metrics(
     return out
 
 
-def _rollout_metrics(rewards: torch.Tensor, flat: list, graded: Any) -> dict[str, float]:
+def _rollout_metrics(
+    rewards: torch.Tensor, flat: list[Sample], graded: RewardBatch
+) -> dict[str, float]:
     lengths = torch.tensor([len(s.token_ids) for s in flat], dtype=torch.float32)
     statuses = graded.statuses
     return {
@@ -236,16 +253,19 @@ def _mean_of(per_minibatch: list[dict[str, float]], prefix: str) -> dict[str, fl
 
 @dataclass
 class _Run:
-    placement: Any
-    rewards: Any
+    """What a step works with (`rlrt_megatron.interfaces`: fakes in tests)."""
+
+    placement: Placement
+    rewards: Grader
     tokenizer: Any
+    """A Hugging Face tokenizer with the model's chat template."""
 
     @property
-    def policy(self) -> Any:
+    def policy(self) -> Policy:
         return self.placement.policy
 
     @property
-    def engines(self) -> Any:
+    def engines(self) -> RolloutEngines:
         return self.placement.engines
 
 
