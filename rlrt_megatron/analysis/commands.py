@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlrt_megatron.cli import CommandError, register_command
+from rlrt_megatron.command_registry import register_command
+from rlrt_megatron.errors import CommandError
 
 
 def grade_answers(responses: list[str], answers: list[str], grader: str = "math") -> list[bool]:

@@ -35,7 +35,7 @@ from rlrt_megatron.analysis.injection import (
     flip_rates,
     problem_subset,
 )
-from rlrt_megatron.cli import CommandError
+from rlrt_megatron.errors import CommandError
 
 KINDS = ("max_kl", "random", "min_kl")
 

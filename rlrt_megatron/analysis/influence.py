@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlrt_megatron.cli import CommandError
+from rlrt_megatron.errors import CommandError
 
 if TYPE_CHECKING:  # torch is imported where it is used: `rlrt --help` stays fast
     import torch

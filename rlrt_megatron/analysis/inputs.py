@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlrt_megatron.cli import CommandError
+from rlrt_megatron.errors import CommandError
 from rlrt_megatron.megatron.score_command import (
     ScoreInputError,
     ScoreRequest,

@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rlrt_megatron.cli import CommandError
+from rlrt_megatron.errors import CommandError
 from rlrt_megatron.teacher.templates import PEER_TEMPLATE
 
 

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlrt_megatron.cli import CommandError, register_command
+from rlrt_megatron.command_registry import register_command
+from rlrt_megatron.errors import CommandError
 from rlrt_megatron.evaluation.runner import (
     PAPER_MAX_TOKENS,
     PAPER_TEMPERATURE,

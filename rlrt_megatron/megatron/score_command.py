@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlrt_megatron.cli import CommandError, register_command
+from rlrt_megatron.command_registry import register_command
+from rlrt_megatron.errors import CommandError
 from rlrt_megatron.teacher.templates import PEER_TEMPLATE
 
 _DTYPES = ("float32", "bfloat16")
