@@ -32,10 +32,10 @@ def run_rollouts(args: argparse.Namespace) -> int:
     from rlrt_megatron.analysis.commands import grade_answers
     from rlrt_megatron.analysis.engine_analyses import _sampling, open_engine_pool
     from rlrt_megatron.analysis.inputs import known_solution, open_model, write_atomically
+    from rlrt_megatron.data.prompts import load_prompts
     from rlrt_megatron.data.templating import encode_chat
     from rlrt_megatron.teacher.contexts import teacher_messages
     from rlrt_megatron.teacher.peers import select_peers
-    from rlrt_megatron.trainer.prompts import load_prompts
 
     if args.k < 1 or args.max_new_tokens < 1:
         raise CommandError("--k and --max-new-tokens must be >= 1")
