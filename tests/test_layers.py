@@ -30,10 +30,16 @@ COMMAND_MODULES = (
 
 LAYERS = (
     Layer(
+        "leaves",
+        ("", "errors", "command_registry"),
+        "import nothing of the package: the (empty) package root, the user-facing errors any "
+        "layer may raise, the registry command modules add their `rlrt` commands to",
+    ),
+    Layer(
         "foundation",
-        ("", "errors", "command_registry", "configuration", "store_auth", "upstream_warnings"),
-        "dependency-free modules every layer may use: user-facing errors, the command registry, "
-        "YAML/dataclass config plumbing, store authentication, upstream-warning filters",
+        ("configuration", "store_auth", "upstream_warnings"),
+        "plumbing every layer may use: YAML/dataclass config machinery (raises errors."
+        "ConfigError), store authentication of process groups, upstream-warning filters",
     ),
     Layer(
         "core",
@@ -111,7 +117,7 @@ def _write_package(root: Path, files: dict[str, str]) -> Path:
 
 
 SYNTHETIC_LAYERS = (
-    Layer("base", ("base",), "bottom"),
+    Layer("base", ("", "base"), "bottom: the package root and base.py"),
     Layer("middle", ("left", "right"), "two independent units"),
     Layer("top", ("top",), "top"),
 )
@@ -127,7 +133,7 @@ def test_a_planted_upward_import_sideways_import_and_cycle_are_reported(tmp_path
             "left/a.py": "from pkg.left import b\nfrom pkg.right import c\n",
             "left/b.py": "import pkg.left.a\n",
             "right/__init__.py": "",
-            "right/c.py": "from pkg import base\n",
+            "right/c.py": "import importlib\n\nimportlib.import_module('pkg.base')\n",
             "top.py": (
                 "from typing import TYPE_CHECKING\n"
                 "from pkg.left import a\n"
