@@ -347,10 +347,10 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-# `python -m rlrt_megatron.cli` runs this file as __main__ and then imports it by name (below; so
-# do spawned workers, to unpickle `_export_worker`): the shared registry gets this file's commands
-# from the importable copy only, once.
-if __name__ != "__main__":
+# `python -m rlrt_megatron.cli` runs this file as __main__ (as __mp_main__ in spawned workers) and
+# imports it by name too (below; workers to unpickle `_export_worker`): the shared registry gets
+# this file's commands from the importable copy only, once.
+if __name__ == "rlrt_megatron.cli":
     register_command(
         "check-env",
         "print versions (torch, megatron-core, mbridge, vLLM, Ray, Transformer Engine) and what "
@@ -365,7 +365,7 @@ if __name__ != "__main__":
         _add_export_arguments,
         _run_export,
     )
-else:
+elif __name__ == "__main__":
     # Run through the importable module, not this __main__ copy, so that spawned workers find
     # `rlrt_megatron.cli._export_worker` under its import name.
     sys.exit(_module_function("main")())
