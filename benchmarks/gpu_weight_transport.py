@@ -11,7 +11,7 @@ of all weights is timed per setting, after a warm-up, median of ``--repeats``:
                     take with ``weight_transport=object_store`` on GPUs, without Ray's own costs
     CUDA IPC N MiB: the sender packs each bucket in GPU memory and sends its IPC handle; the
                     receiver maps it and copies device → device into its parameters
-                    (``weight_transport=cuda_ipc``, `rlrt_megatron.cluster.cuda_ipc`)
+                    (``weight_transport=cuda_ipc``, `rlrt_megatron.transport.cuda_ipc`)
 
 Both wait for the receiver's answer before the next bucket, as the real transports do.
 
@@ -53,8 +53,8 @@ def qwen3_shapes() -> list[tuple[str, tuple[int, ...]]]:
 
 def receiver(inbox, outbox) -> None:
     """The engine worker: parameters on the GPU; load each bucket into them, answer its size."""
-    from rlrt_megatron.cluster.cuda_ipc import SharedBucket, open_bucket
-    from rlrt_megatron.rollout.weights import unpack_flat
+    from rlrt_megatron.transport.buckets import unpack_flat
+    from rlrt_megatron.transport.cuda_ipc import SharedBucket, open_bucket
 
     torch.cuda.set_device(0)
     params = {n: torch.empty(s, dtype=torch.bfloat16, device="cuda") for n, s in qwen3_shapes()}
@@ -73,8 +73,8 @@ def receiver(inbox, outbox) -> None:
 
 
 def one_transfer(weights, bucket_bytes: int, mode: str, inbox, outbox) -> float:
-    from rlrt_megatron.cluster.cuda_ipc import share_bucket
-    from rlrt_megatron.cluster.weight_sync import pack_flat_buckets
+    from rlrt_megatron.transport.buckets import pack_flat_buckets
+    from rlrt_megatron.transport.cuda_ipc import share_bucket
 
     torch.cuda.synchronize()
     start = time.perf_counter()

@@ -8,7 +8,7 @@ is then synced repeatedly through `EnginePool.sync_weights`:
     bucket N MiB:   pack into flat buckets of N MiB, one object-store put and one actor call per
                     bucket per engine
     per-parameter:  bucket_bytes=0, i.e. one put and one actor call per tensor (the baseline)
-    broadcast N MiB: the direct transport (`rlrt_megatron.cluster.weight_group`): this process
+    broadcast N MiB: the direct transport (`rlrt_megatron.transport.weight_group`): this process
                     joins a process group with every engine worker (gloo on CPU, NCCL with the
                     CUDA build) and broadcasts N-MiB buckets; no object store, one actor call per
                     engine per sync (as the trainer's packing rank does in training)
@@ -114,7 +114,7 @@ def _join_broadcast_group(pool):
     """This process (rank 0) and every engine worker in one weight group."""
     import ray
 
-    from rlrt_megatron.cluster.weight_group import (
+    from rlrt_megatron.transport.weight_group import (
         WeightGroupSpec,
         free_port,
         join_weight_group,
@@ -142,8 +142,8 @@ def _broadcaster(pool, group, weights, bucket_bytes):
     import ray
     import torch
 
-    from rlrt_megatron.cluster.weight_group import broadcast_buckets
-    from rlrt_megatron.cluster.weight_sync import pack_flat_buckets
+    from rlrt_megatron.transport.buckets import pack_flat_buckets
+    from rlrt_megatron.transport.weight_group import broadcast_buckets
 
     device = torch.device("cuda") if group.spec.backend == "nccl" else torch.device("cpu")
 

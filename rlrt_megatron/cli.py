@@ -1,10 +1,12 @@
 """The ``rlrt`` command line: ``rlrt <command> [options]``; ``rlrt --help`` lists the commands.
 
-Commands are registered with :func:`register_command` (a name, a one-line help, a function that
-adds the command's arguments to its parser, and a function that runs it and returns an exit
-code). To add one, write those two functions and one ``register_command`` call under
-"Commands" below (or in a module listed in ``_COMMAND_MODULES``, which is imported on first use
-so each command keeps its heavy imports to itself).
+Commands are registered with :func:`~rlrt_megatron.command_registry.register_command` (a name, a
+one-line help, a function that adds the command's arguments to its parser, and a function that
+runs it and returns an exit code). To add one, write those two functions and one
+``register_command`` call in a module listed in ``_COMMAND_MODULES``, which is imported on first
+use so each command keeps its heavy imports to itself (or in this file, registered at its end).
+Nothing else in the package imports this module: it is the top of the layers
+(tests/test_layers.py).
 
 Commands that need several processes (``--tp`` / ``--pp``) start them through
 :func:`rlrt_megatron.megatron.launcher.launch`: users never call torchrun, and a command started
@@ -19,30 +21,16 @@ import json
 import platform
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from rlrt_megatron.command_registry import COMMANDS as _COMMANDS
+from rlrt_megatron.command_registry import Command, register_command
+from rlrt_megatron.errors import CommandError
 
-class CommandError(Exception):
-    """A user-facing failure: printed as ``rlrt <command>: error: <message>``, exit code 1
-    (or ``exit_code``: 2 for a bad setting or input, refused before anything started)."""
+__all__ = ["Command", "CommandError", "build_parser", "main", "register_command"]
 
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-
-
-_COMMANDS: dict[str, Command] = {}
 # Modules that register further commands when imported.
 _COMMAND_MODULES: tuple[str, ...] = (
     "rlrt_megatron.trainer.commands",
@@ -51,19 +39,6 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "rlrt_megatron.analysis.commands",
     "rlrt_megatron.launch.plan_command",
 )
-
-
-def register_command(
-    name: str,
-    help: str,
-    add_arguments: Callable[[argparse.ArgumentParser], None],
-    run: Callable[[argparse.Namespace], int],
-) -> None:
-    """Add ``rlrt <name>``. ``run`` returns the process exit code; it may raise
-    :class:`CommandError` for a clean one-line error."""
-    if name in _COMMANDS:
-        raise ValueError(f"command {name!r} is already registered")
-    _COMMANDS[name] = Command(name, help, add_arguments, run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,15 +161,6 @@ def _run_check_env(args: argparse.Namespace) -> int:
         f"CPU compat layer   {'applies: no CUDA' if compat else 'not needed: CUDA present'}{detail}"
     )
     return 0
-
-
-register_command(
-    "check-env",
-    "print versions (torch, megatron-core, mbridge, vLLM, Ray, Transformer Engine) and what "
-    "this machine supports",
-    _add_check_env_arguments,
-    _run_check_env,
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,16 +347,25 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-register_command(
-    "export",
-    "load a HF Qwen3 checkpoint into megatron-core at --tp/--pp and write it back as a HF "
-    "folder (conversion and round-trip check)",
-    _add_export_arguments,
-    _run_export,
-)
-
-
-if __name__ == "__main__":
-    # Run through the importable module, not this __main__ copy: command modules register on
-    # `rlrt_megatron.cli`, which `python -m rlrt_megatron.cli` would otherwise load a second time.
+# `python -m rlrt_megatron.cli` runs this file as __main__ (as __mp_main__ in spawned workers) and
+# imports it by name too (below; workers to unpickle `_export_worker`): the shared registry gets
+# this file's commands from the importable copy only, once.
+if __name__ == "rlrt_megatron.cli":
+    register_command(
+        "check-env",
+        "print versions (torch, megatron-core, mbridge, vLLM, Ray, Transformer Engine) and what "
+        "this machine supports",
+        _add_check_env_arguments,
+        _run_check_env,
+    )
+    register_command(
+        "export",
+        "load a HF Qwen3 checkpoint into megatron-core at --tp/--pp and write it back as a HF "
+        "folder (conversion and round-trip check)",
+        _add_export_arguments,
+        _run_export,
+    )
+elif __name__ == "__main__":
+    # Run through the importable module, not this __main__ copy, so that spawned workers find
+    # `rlrt_megatron.cli._export_worker` under its import name.
     sys.exit(_module_function("main")())

@@ -24,12 +24,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from rlrt_megatron.errors import ConfigError  # defined with the other user-facing errors
+
 T = TypeVar("T")
 BASE_KEY = "base"
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is wrong; the message names the dotted key (and file)."""
 
 
 def _is_dataclass_type(tp: Any) -> bool:

@@ -4,7 +4,7 @@ Each sub-command reads rollouts in ``rlrt score``'s jsonl formats (see
 :mod:`rlrt_megatron.analysis.inputs`), starts its TP×PP megatron workers itself, and writes its
 outputs into ``--output`` (a folder) atomically. The heavy lifting lives in the per-analysis
 modules; this file is argument parsing and file writing. ``inject`` and ``influence`` also start a
-Ray cluster and a vLLM engine pool (:mod:`rlrt_megatron.analysis.engine_analyses`).
+Ray cluster and a vLLM engine pool (:func:`rlrt_megatron.analysis.common.open_engine_pool`).
 """
 
 from __future__ import annotations
@@ -14,17 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlrt_megatron.cli import CommandError, register_command
-
-
-def grade_answers(responses: list[str], answers: list[str], grader: str = "math") -> list[bool]:
-    """Grade untrusted responses in the reward pool's sandboxed worker processes."""
-    from rlrt_megatron.rewards.pool import RewardPool
-
-    if not responses:
-        return []
-    with RewardPool(grader, num_workers=1) as pool:
-        return [score > 0 for score in pool.grade(responses, answers).scores]
+from rlrt_megatron.analysis.common import correctness
+from rlrt_megatron.command_registry import register_command
+from rlrt_megatron.errors import CommandError
 
 
 def read_categories(path: Path | None) -> dict[str, list[str]]:
@@ -144,7 +136,7 @@ def run_markers(args: argparse.Namespace) -> int:
         args, model, need=() if args.all_rollouts else ("correct|answer",)
     )
     if not args.all_rollouts:
-        correct = _correctness(trajectories, model.tokenizer)
+        correct = correctness(trajectories, model.tokenizer)
         keep = one_correct_one_incorrect([t.problem for t in trajectories], correct)
         if not keep:
             raise CommandError(
@@ -198,17 +190,6 @@ def run_markers(args: argparse.Namespace) -> int:
         f"of {len(rows)} token types; wrote {out}"
     )
     return 0
-
-
-def _correctness(trajectories: list, tokenizer: Any) -> list[bool]:
-    """``correct`` where given, else the response graded against ``answer``."""
-    todo = [i for i, t in enumerate(trajectories) if "correct" not in t.record]
-    texts = [tokenizer.decode(trajectories[i].request.response_ids) for i in todo]
-    graded = grade_answers(texts, [str(trajectories[i].record["answer"]) for i in todo])
-    correct = [bool(t.record.get("correct", False)) for t in trajectories]
-    for i, ok in zip(todo, graded, strict=True):
-        correct[i] = ok
-    return correct
 
 
 def add_markers_arguments(parser: argparse.ArgumentParser) -> None:
@@ -465,7 +446,8 @@ _ANALYSES = {
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rlrt_megatron.analysis import engine_analyses
+    from rlrt_megatron.analysis.engine_analyses import add_inject_arguments, run_inject
+    from rlrt_megatron.analysis.influence import add_influence_arguments, run_influence_command
     from rlrt_megatron.analysis.rollouts import add_rollouts_arguments, run_rollouts
 
     analyses = (
@@ -477,7 +459,18 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
             )
         }
         | dict(_ANALYSES)
-        | engine_analyses.ANALYSES
+        | {
+            "inject": (
+                "reflection injection at max/random/min D̄_t: flip rates (Figure 6)",
+                add_inject_arguments,
+                run_inject,
+            ),
+            "influence": (
+                "Theorem-2 check: Monte-Carlo influence vs D̄_t (an estimate)",
+                add_influence_arguments,
+                run_influence_command,
+            ),
+        }
     )
     sub = parser.add_subparsers(dest="analysis", metavar="<analysis>", title="analyses")
     for name, (help_text, add, run) in analyses.items():

@@ -1,4 +1,4 @@
-"""``rlrt analyze inject`` (and the engine plumbing ``influence`` shares): continued generation.
+"""``rlrt analyze inject``: reflection injection, then continued generation.
 
 **Reflection injection** (paper Figure 6). For each rollout, D̄_t is scored with the
 context-conditioned teacher — a correct peer rollout where the line gives one, else (the paper's
@@ -18,14 +18,20 @@ and the right→wrong rate on the right rollouts of easy ones, with Wilson 95% i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rlrt_megatron.analysis import common
+from rlrt_megatron.analysis.common import (
+    correctness,
+    engine_max_len,
+    grade_answers,
+    sampling_config,
+)
 from rlrt_megatron.analysis.injection import (
     PAPER_EASY_CORRECT,
     PAPER_GROUP_SIZE,
@@ -35,7 +41,7 @@ from rlrt_megatron.analysis.injection import (
     flip_rates,
     problem_subset,
 )
-from rlrt_megatron.cli import CommandError
+from rlrt_megatron.errors import CommandError
 
 KINDS = ("max_kl", "random", "min_kl")
 
@@ -76,33 +82,6 @@ def injection_counts(
     return counts
 
 
-# --------------------------------------------------------------------------- engine plumbing
-
-
-@contextlib.contextmanager
-def open_engine_pool(model_path: Path, *, max_model_len: int, engines: int) -> Iterator[Any]:
-    """A Ray cluster (joined or local) and an engine pool serving ``model_path`` in float32."""
-    from rlrt_megatron.cluster import EnginePool, EnginePoolConfig, init_ray
-    from rlrt_megatron.rollout import EngineConfig
-
-    init_ray()
-    config = EnginePoolConfig(
-        engine=EngineConfig(
-            model_path=str(model_path), dtype="float32", max_model_len=max_model_len
-        ),
-        num_engines=engines,
-        cpus_per_engine=0.9,
-    )
-    with EnginePool(config) as pool:
-        yield pool
-
-
-def _sampling(n: int, max_tokens: int, temperature: float, seed: int):
-    from rlrt_megatron.rollout import SamplingConfig
-
-    return SamplingConfig(n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
-
-
 def run_injection(
     pool: Any,
     tokenizer: Any,
@@ -120,8 +99,6 @@ def run_injection(
 ) -> tuple[list[InjectionOutcome], list[dict]]:
     """Insert, continue, grade (see the module docstring). Returns the outcomes (one per rollout,
     kind and sample) and a record per continuation for the output jsonl."""
-    from rlrt_megatron.analysis.commands import grade_answers
-
     grade = grade or grade_answers
     rng = random.Random(seed)
     counts = injection_counts(trajectories, correct)
@@ -135,7 +112,7 @@ def run_injection(
             injected = prefix + list(tokenizer.encode(text, add_special_tokens=False))
             prompts.append(list(t.request.prompt_ids) + injected)
             meta.append((i, kind, pos, injected))
-    results = pool.generate(prompts, _sampling(samples, max_new_tokens, temperature, seed))
+    results = pool.generate(prompts, sampling_config(samples, max_new_tokens, temperature, seed))
     texts, rows = [], []
     for (i, kind, pos, injected), group in zip(meta, results, strict=True):
         for sample in group:
@@ -178,15 +155,8 @@ def run_injection(
 
 
 def _correct_and_answers(trajectories: Sequence[Any], tokenizer: Any) -> tuple[list, list]:
-    from rlrt_megatron.analysis.commands import _correctness
-
     answers = [str(t.record["answer"]) for t in trajectories]
-    return _correctness(list(trajectories), tokenizer), answers
-
-
-def engine_max_len(trajectories: Sequence[Any], extra: int, limit: int) -> int:
-    longest = max(len(t.request.prompt_ids) + len(t.request.response_ids) for t in trajectories)
-    return min(limit, longest + extra)
+    return correctness(list(trajectories), tokenizer), answers
 
 
 def run_inject(args: argparse.Namespace) -> int:
@@ -223,7 +193,9 @@ def run_inject(args: argparse.Namespace) -> int:
         length = engine_max_len(
             trajectories, reflection_len + args.max_new_tokens, model.max_positions
         )
-        with open_engine_pool(model.path, max_model_len=length, engines=args.engines) as pool:
+        with common.open_engine_pool(
+            model.path, max_model_len=length, engines=args.engines
+        ) as pool:
             outcomes, records = run_injection(
                 pool,
                 model.tokenizer,
@@ -382,22 +354,3 @@ def add_inject_arguments(parser: argparse.ArgumentParser) -> None:
         help="no ground-truth teacher for rollouts without a correct peer (default: the "
         "teacher sees the known solution, as the paper)",
     )
-
-
-from rlrt_megatron.analysis.influence import (  # noqa: E402  (it imports this module's helpers)
-    add_influence_arguments,
-    run_influence_command,
-)
-
-ANALYSES = {
-    "inject": (
-        "reflection injection at max/random/min D̄_t: flip rates (Figure 6)",
-        add_inject_arguments,
-        run_inject,
-    ),
-    "influence": (
-        "Theorem-2 check: Monte-Carlo influence vs D̄_t (an estimate)",
-        add_influence_arguments,
-        run_influence_command,
-    ),
-}

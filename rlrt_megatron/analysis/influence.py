@@ -45,7 +45,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlrt_megatron.cli import CommandError
+from rlrt_megatron.analysis import common
+from rlrt_megatron.analysis.common import engine_max_len, grade_answers, sampling_config
+from rlrt_megatron.errors import CommandError
 
 if TYPE_CHECKING:  # torch is imported where it is used: `rlrt --help` stays fast
     import torch
@@ -206,8 +208,6 @@ def run_influence(
     student's top-m). Per position the engine continues h_t ⊕ v for each candidate v and h_t
     itself (its token at t sampled from P_S, for f̄), ``continuations`` times each. Returns a
     record per position and the summary."""
-    from rlrt_megatron.analysis.commands import grade_answers
-
     grade = grade or grade_answers
     rng = random.Random(seed)
     sites, candidate_prompts, direct_prompts = [], [], []
@@ -220,9 +220,9 @@ def run_influence(
             history = list(t.request.prompt_ids) + response[:pos]
             candidate_prompts += [history + [token] for token in ids]
             direct_prompts.append(history)  # f̄: the engine samples y_t from P_S
-    sampling = _engines()._sampling(continuations, max_new_tokens, temperature, seed)
+    sampling = sampling_config(continuations, max_new_tokens, temperature, seed)
     # The f̄ continuations sample y_t too: one token more, the same budget after y_t.
-    direct = _engines()._sampling(continuations, max_new_tokens + 1, temperature, seed)
+    direct = sampling_config(continuations, max_new_tokens + 1, temperature, seed)
     candidate_results = iter(pool.generate(candidate_prompts, sampling))
     direct_results = iter(pool.generate(direct_prompts, direct))
     texts, owners = [], []
@@ -328,10 +328,8 @@ def run_influence_command(args: argparse.Namespace) -> int:
     views = score_pairs_for(args, model, trajectories, topk=k)
     if views is None:
         return 0
-    length = _engines().engine_max_len(trajectories, 1 + args.max_new_tokens, model.max_positions)
-    with _engines().open_engine_pool(
-        model.path, max_model_len=length, engines=args.engines
-    ) as pool:
+    length = engine_max_len(trajectories, 1 + args.max_new_tokens, model.max_positions)
+    with common.open_engine_pool(model.path, max_model_len=length, engines=args.engines) as pool:
         records, summary = run_influence(
             pool,
             model.tokenizer,
@@ -384,9 +382,3 @@ def add_influence_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engines", type=int, default=1, help="vLLM engines")
-
-
-def _engines():
-    from rlrt_megatron.analysis import engine_analyses
-
-    return engine_analyses

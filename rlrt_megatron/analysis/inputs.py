@@ -1,6 +1,6 @@
 """Input trajectories of the analyses and the launched scoring passes they need.
 
-Trajectories use ``rlrt score``'s jsonl formats (see :mod:`rlrt_megatron.megatron.score_command`):
+Trajectories use ``rlrt score``'s jsonl formats (see :mod:`rlrt_megatron.megatron.score_inputs`):
 ``{"prompt", "response", "context"}`` or the id forms, plus the fields some analyses need —
 ``answer`` (the ground truth, graded with the math reward), ``correct`` (bool, instead of
 ``answer`` where no grading is needed), ``problem`` (groups rollouts of one problem; defaults to
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlrt_megatron.cli import CommandError
-from rlrt_megatron.megatron.score_command import (
+from rlrt_megatron.errors import CommandError
+from rlrt_megatron.megatron.score_inputs import (
     ScoreInputError,
     ScoreRequest,
     load_score_requests,

@@ -22,20 +22,20 @@ import argparse
 import json
 from pathlib import Path
 
-from rlrt_megatron.cli import CommandError
+from rlrt_megatron.errors import CommandError
 from rlrt_megatron.teacher.templates import PEER_TEMPLATE
 
 
 def run_rollouts(args: argparse.Namespace) -> int:
     import torch
 
-    from rlrt_megatron.analysis.commands import grade_answers
-    from rlrt_megatron.analysis.engine_analyses import _sampling, open_engine_pool
+    from rlrt_megatron.analysis import common
+    from rlrt_megatron.analysis.common import grade_answers, sampling_config
     from rlrt_megatron.analysis.inputs import known_solution, open_model, write_atomically
+    from rlrt_megatron.data.prompts import load_prompts
     from rlrt_megatron.data.templating import encode_chat
     from rlrt_megatron.teacher.contexts import teacher_messages
     from rlrt_megatron.teacher.peers import select_peers
-    from rlrt_megatron.trainer.prompts import load_prompts
 
     if args.k < 1 or args.max_new_tokens < 1:
         raise CommandError("--k and --max-new-tokens must be >= 1")
@@ -51,10 +51,10 @@ def run_rollouts(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
     prompts = prompts[: args.limit] if args.limit else prompts
     length = min(model.max_positions, args.max_prompt_tokens + args.max_new_tokens)
-    with open_engine_pool(model.path, max_model_len=length, engines=args.engines) as pool:
+    with common.open_engine_pool(model.path, max_model_len=length, engines=args.engines) as pool:
         groups = pool.generate(
             [p.ids for p in prompts],
-            _sampling(args.k, args.max_new_tokens, args.temperature, args.seed),
+            sampling_config(args.k, args.max_new_tokens, args.temperature, args.seed),
         )
     texts = [model.tokenizer.decode(s.token_ids) for group in groups for s in group]
     truths = [p.record.ground_truth for p in prompts for _ in range(args.k)]

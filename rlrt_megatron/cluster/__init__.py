@@ -24,12 +24,12 @@ from rlrt_megatron.cluster.sync import (
     resolve_transport,
     sync_policy_weights,
 )
-from rlrt_megatron.cluster.weight_sync import (
+from rlrt_megatron.cluster.worker_group import WorkerGroup, WorkerGroupConfig, WorkerGroupError
+from rlrt_megatron.transport.buckets import (
     DEFAULT_BUCKET_BYTES,
     pack_buckets,
     pack_flat_buckets,
 )
-from rlrt_megatron.cluster.worker_group import WorkerGroup, WorkerGroupConfig, WorkerGroupError
 
 __all__ = [
     "BroadcastChannel",

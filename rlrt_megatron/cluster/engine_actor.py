@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlrt_megatron.rollout import EngineConfig, Sample, SamplingConfig, VLLMEngine, WeightBucket
-from rlrt_megatron.rollout.weights import WeightManifest
+from rlrt_megatron.transport.manifest import WeightManifest
 
 
 class EngineActor:

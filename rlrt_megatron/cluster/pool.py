@@ -36,7 +36,6 @@ import torch
 
 from rlrt_megatron.cluster.engine_actor import EngineActor
 from rlrt_megatron.cluster.sync import PackedWeights
-from rlrt_megatron.cluster.weight_sync import DEFAULT_BUCKET_BYTES, pack_buckets
 from rlrt_megatron.rollout import (
     EngineAsleepError,
     EngineConfig,
@@ -46,7 +45,8 @@ from rlrt_megatron.rollout import (
     engine_platform,
     validate_prompts,
 )
-from rlrt_megatron.rollout.weights import WeightManifest
+from rlrt_megatron.transport.buckets import DEFAULT_BUCKET_BYTES, pack_buckets
+from rlrt_megatron.transport.manifest import WeightManifest
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class EnginePoolConfig:
     max_restarts: int = 3
     """Engine replacements allowed within one `generate` or `sync_weights` call."""
     bucket_bytes: int = DEFAULT_BUCKET_BYTES
-    """Weight-sync bucket size; see `rlrt_megatron.cluster.weight_sync.pack_buckets`."""
+    """Weight-sync bucket size; see `rlrt_megatron.transport.buckets.pack_buckets`."""
 
     def __post_init__(self) -> None:
         if self.num_engines < 1:

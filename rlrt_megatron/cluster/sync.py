@@ -32,12 +32,12 @@ Transports (``transport=``), all with the same checks, versioning and layerwise 
   host → object store → engine device), but it lets the pool replay weights into a replacement
   engine by itself.
 - ``broadcast``: rank 0 broadcasts the buckets over a process group it forms with every engine
-  worker (`rlrt_megatron.cluster.weight_group`; NCCL on GPUs, device to device; gloo on CPU), the
+  worker (`rlrt_megatron.transport.weight_group`; NCCL on GPUs, device to device; gloo on CPU), the
   disaggregated path of verl / NeMo-RL / slime. The group is formed once and re-formed when an
   engine is replaced (`BroadcastChannel`).
 - ``cuda_ipc``: colocated on GPUs. Each trainer rank ``i`` serving engine ``i`` (the one on its
   GPU; every rank holds the full exported tensors) packs a bucket in GPU memory and hands the
-  engine a CUDA IPC handle of it (`rlrt_megatron.cluster.cuda_ipc`): nothing leaves the GPU.
+  engine a CUDA IPC handle of it (`rlrt_megatron.transport.cuda_ipc`): nothing leaves the GPU.
 
 With the direct transports (broadcast, cuda_ipc) the trainer holds the only copy of the weights:
 a replaced engine is refilled from the trainer (`Placement` registers the refill with the pool).
@@ -51,12 +51,12 @@ from typing import Any, Literal
 
 import torch
 
-from rlrt_megatron.cluster.weight_sync import (
+from rlrt_megatron.transport.buckets import (
     DEFAULT_BUCKET_BYTES,
     pack_buckets,
     pack_flat_buckets,
 )
-from rlrt_megatron.rollout.weights import WeightManifest
+from rlrt_megatron.transport.manifest import WeightManifest
 
 PACKING_RANK = 0
 """The global rank that packs and publishes the buckets (see the module docstring)."""
@@ -294,7 +294,7 @@ class BroadcastChannel:
 
         import ray
 
-        from rlrt_megatron.cluster.weight_group import WeightGroupSpec
+        from rlrt_megatron.transport.weight_group import WeightGroupSpec
 
         members = tuple(pool.engine_id(i) for i in indices)
         if members == self._members:
@@ -339,7 +339,7 @@ def sender_address(actor: Any) -> tuple[str, int] | None:
     import ray
     import torch.distributed as dist
 
-    from rlrt_megatron.cluster.weight_group import free_port
+    from rlrt_megatron.transport.weight_group import free_port
 
     if dist.get_rank() != PACKING_RANK:
         return None
@@ -354,7 +354,7 @@ def open_sender_groups(actor: Any) -> list[str]:
 def join_sender_group(actor: Any, spec: Any) -> None:
     import torch.distributed as dist
 
-    from rlrt_megatron.cluster.weight_group import join_weight_group
+    from rlrt_megatron.transport.weight_group import join_weight_group
 
     if dist.get_rank() == PACKING_RANK:  # (NCCL: on the device Megatron's init selected)
         _SENDER_GROUPS[spec.name] = join_weight_group(spec, 0)
@@ -374,7 +374,7 @@ def broadcast_policy_weights(
     stream (the engines raise) and is raised here after the export is drained."""
     import torch.distributed as dist
 
-    from rlrt_megatron.cluster.weight_group import broadcast_buckets
+    from rlrt_megatron.transport.weight_group import broadcast_buckets
 
     stream = iter(actor.export_hf_weights())
     if dist.get_rank() != PACKING_RANK:
@@ -427,7 +427,7 @@ def share_policy_weights(
     import ray
     import torch.distributed as dist
 
-    from rlrt_megatron.cluster.cuda_ipc import share_bucket
+    from rlrt_megatron.transport.cuda_ipc import share_bucket
 
     stream = iter(actor.export_hf_weights())
     engine = engines.get(dist.get_rank())

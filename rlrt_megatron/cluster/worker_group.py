@@ -60,7 +60,7 @@ class RankWorker:
 
     def free_port(self) -> int:
         """A free TCP port on this node (rank 0 hosts the rendezvous)."""
-        from rlrt_megatron.cluster.weight_group import free_port
+        from rlrt_megatron.transport.weight_group import free_port
 
         return free_port()
 

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlrt_megatron.cli import CommandError, register_command
+from rlrt_megatron.command_registry import register_command
+from rlrt_megatron.errors import CommandError
 from rlrt_megatron.evaluation.runner import (
     PAPER_MAX_TOKENS,
     PAPER_TEMPERATURE,
@@ -207,7 +208,7 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from rlrt_megatron.configuration import ConfigError
-    from rlrt_megatron.evaluation.compare import run_compare
+    from rlrt_megatron.trainer.compare import run_compare
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:

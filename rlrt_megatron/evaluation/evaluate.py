@@ -75,7 +75,7 @@ def evaluate_model(
     ``engines``: an already running engine pool serving this model (tests, notebooks); by
     default one is started here (and Ray with it) and shut down at the end.
     """
-    from rlrt_megatron.trainer.prompts import load_tokenizer
+    from rlrt_megatron.data.prompts import load_tokenizer
 
     engine = engine or EngineSettings()
     output = Path(output)

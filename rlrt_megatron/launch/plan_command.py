@@ -15,8 +15,8 @@ import math
 
 import yaml
 
-from rlrt_megatron.cli import CommandError, register_command
-from rlrt_megatron.configuration import ConfigError
+from rlrt_megatron.command_registry import register_command
+from rlrt_megatron.errors import CommandError, ConfigError
 from rlrt_megatron.launch.plan import GB, Assumptions, Cluster, Plan, Workload, make_plan
 from rlrt_megatron.launch.shapes import ShapeError, resolve_shape
 

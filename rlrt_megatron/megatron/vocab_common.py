@@ -19,17 +19,14 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+# Defined with the checkpoint's layout checks (models/ sits below megatron/); importable here too.
+from rlrt_megatron.models.qwen3_checkpoint import pad_vocab_size  # noqa: F401
+
 # Target size of a chunk's fp32 working set (all [chunk, V_local] fp32 buffers of one function
 # together). 256 MiB keeps the transient memory of a full Qwen3 vocabulary (151,936 columns at TP=1)
 # around 2-5% of the bf16 logits of an 8k-token micro-batch, and chunks large enough
 # (>= ~100 tokens) that the per-chunk collectives stay cheap.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
-
-
-def pad_vocab_size(vocab_size: int, tp_size: int = 1, divisible_by: int = 128) -> int:
-    """Megatron's padded vocabulary: ``vocab_size`` rounded up to a multiple of divisible_by·tp."""
-    multiple = divisible_by * tp_size
-    return int(math.ceil(vocab_size / multiple) * multiple)
 
 
 def tp_size(group: dist.ProcessGroup | None) -> int:

@@ -8,6 +8,7 @@ message naming the problem.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,15 @@ class Qwen3Checkpoint:
         """Megatron's vocab for this model at TP=``tensor_parallel``: ``vocab_size`` rounded up to
         a multiple of ``divisible_by * tensor_parallel``. Logit columns from ``vocab_size`` on
         belong to zero rows of the output layer and must be masked by log-prob/sampling code."""
-        from rlrt_megatron.megatron.vocab_common import pad_vocab_size
-
         return pad_vocab_size(self.vocab_size, tensor_parallel, divisible_by)
+
+
+def pad_vocab_size(
+    vocab_size: int, tp_size: int = 1, divisible_by: int = DEFAULT_VOCAB_DIVISIBLE_BY
+) -> int:
+    """Megatron's padded vocabulary: ``vocab_size`` rounded up to a multiple of divisible_by·tp."""
+    multiple = divisible_by * tp_size
+    return int(math.ceil(vocab_size / multiple) * multiple)
 
 
 def validate_qwen3_layout(

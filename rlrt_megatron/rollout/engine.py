@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlrt_megatron.rollout.sampling import Sample, SamplingConfig, validate_prompts
-from rlrt_megatron.rollout.weights import WeightBucket, WeightManifest, checkpoint_manifest
+from rlrt_megatron.transport.buckets import WeightBucket
+from rlrt_megatron.transport.manifest import WeightManifest, checkpoint_manifest
 
 Platform = Literal["cpu", "cuda"]
 LogprobsMode = Literal["processed_logprobs", "raw_logprobs"]
@@ -400,7 +401,7 @@ class VLLMEngine:
 
     def join_weight_group(self, spec: Any, first_rank: int) -> list[int]:
         """Every worker joins the broadcast weight group ``spec`` as member ``first_rank`` + its
-        rank (`rlrt_megatron.cluster.weight_group`); blocks until the group is formed."""
+        rank (`rlrt_megatron.transport.weight_group`); blocks until the group is formed."""
         return self._llm.collective_rpc("rlrt_join_weight_group", args=(spec, first_rank))
 
     def leave_weight_group(self) -> None:
@@ -411,7 +412,7 @@ class VLLMEngine:
         return self._load_direct("rlrt_receive_broadcast", ())
 
     def load_ipc_bucket(self, shared: Any) -> int:
-        """Inside an update: load one CUDA IPC bucket (`rlrt_megatron.cluster.cuda_ipc`)."""
+        """Inside an update: load one CUDA IPC bucket (`rlrt_megatron.transport.cuda_ipc`)."""
         return self._load_direct("rlrt_load_ipc_bucket", (shared,))
 
     def _load_direct(self, method: str, args: tuple) -> int:

@@ -1,160 +1,41 @@
-"""The weight-bucket format and its receiving end inside a vLLM worker.
+"""The receiving end of weight sync, inside each vLLM worker: `WeightUpdateExtension`.
 
-A `WeightBucket` is one flat byte buffer holding several tensors back to back, plus one
-`TensorMeta` per tensor (HF name, dtype, shape, byte offset). The sender
-(`rlrt_megatron.cluster.weight_sync`) packs them; `WeightUpdateExtension` unpacks them as
-zero-copy views inside each vLLM worker and hands them to the model's own ``load_weights``, which
-knows vLLM's fused layouts (q/k/v → qkv_proj, gate/up → gate_up_proj) and shards for tensor
-parallelism. So a sync is one remote call per bucket per engine, never one per parameter.
+The sender packs the trainer's (HF name, tensor) stream into flat byte buckets
+(`rlrt_megatron.transport`: the format, packing, the manifest, the broadcast and CUDA IPC
+transports); `WeightUpdateExtension` unpacks them as zero-copy views inside each vLLM worker and
+hands them to the model's own ``load_weights``, which knows vLLM's fused layouts (q/k/v →
+qkv_proj, gate/up → gate_up_proj) and shards for tensor parallelism. So a sync is one remote call
+per bucket per engine, never one per parameter.
 
-The buffer is a 1-D ``numpy.uint8`` array on purpose: Ray stores numpy arrays in its shared-memory
-object store and hands them to actors on the same node without a copy. Dtypes numpy lacks
-(bfloat16) are no obstacle: the bytes are reinterpreted with torch on the receiving side.
+The bucket format's names (`WeightBucket`, `TensorMeta`, `unpack_flat`, `WeightManifest`, ...)
+are re-exported here, where they were first defined.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 import torch
 
-# Every tensor starts at a multiple of this many bytes, so that reinterpreting a byte slice as any
-# dtype is legal (torch requires the offset to be a multiple of the element size) and GPU copies
-# stay aligned.
-ALIGNMENT = 64
+from rlrt_megatron.transport.buckets import (
+    ALIGNMENT,
+    TensorMeta,
+    WeightBucket,
+    aligned,
+    dtype_name,
+    unpack_flat,
+)
+from rlrt_megatron.transport.manifest import WeightManifest, checkpoint_manifest
 
-_DTYPES: dict[str, torch.dtype] = {
-    str(d).removeprefix("torch."): d
-    for d in (
-        torch.float32,
-        torch.bfloat16,
-        torch.float16,
-        torch.float64,
-        torch.int64,
-        torch.int32,
-        torch.int8,
-        torch.uint8,
-        torch.bool,
-    )
-}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The name a dtype travels under in a `TensorMeta` (``torch.bfloat16`` → ``"bfloat16"``)."""
-    name = str(dtype).removeprefix("torch.")
-    if name not in _DTYPES:
-        raise TypeError(
-            f"dtype {dtype} cannot travel in a weight bucket (supported: {sorted(_DTYPES)})"
-        )
-    return name
-
-
-def aligned(nbytes: int) -> int:
-    return -(-nbytes // ALIGNMENT) * ALIGNMENT
-
-
-@dataclass(frozen=True)
-class TensorMeta:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    offset: int
-    nbytes: int
-
-
-@dataclass(frozen=True)
-class WeightBucket:
-    """Several tensors in one flat buffer: ``buffer`` is 1-D uint8, ``tensors`` its parts."""
-
-    buffer: np.ndarray
-    tensors: tuple[TensorMeta, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.buffer.nbytes)
-
-    def named_tensors(self, device: torch.device | str = "cpu") -> list[tuple[str, torch.Tensor]]:
-        """The bucket's tensors as views of one buffer on ``device`` (one copy when not CPU)."""
-        with warnings.catch_warnings():
-            # A buffer from Ray's object store is read-only; the views are only ever read.
-            warnings.filterwarnings("ignore", message=".*not writable.*")
-            flat = torch.from_numpy(self.buffer)
-        return unpack_flat(flat.to(device, non_blocking=True), self.tensors)
-
-
-def unpack_flat(
-    flat: torch.Tensor, tensors: tuple[TensorMeta, ...] | list[TensorMeta]
-) -> list[tuple[str, torch.Tensor]]:
-    """(name, view) for each `TensorMeta` of a flat 1-D uint8 buffer, without copying.
-
-    Raises ValueError when a tensor does not fit in the buffer (a truncated transfer)."""
-    if flat.dtype != torch.uint8 or flat.dim() != 1:
-        raise ValueError(f"a weight bucket is a 1-D uint8 tensor, got {flat.dtype} {flat.shape}")
-    out = []
-    for meta in tensors:
-        if meta.offset + meta.nbytes > flat.numel():
-            raise ValueError(
-                f"{meta.name}: bytes [{meta.offset}, {meta.offset + meta.nbytes}) lie outside the"
-                f" {flat.numel()}-byte bucket"
-            )
-        part = flat[meta.offset : meta.offset + meta.nbytes]
-        out.append((meta.name, part.view(_DTYPES[meta.dtype]).view(meta.shape)))
-    return out
-
-
-@dataclass(frozen=True)
-class WeightManifest:
-    """The tensors a full weight update must carry: the checkpoint's names and shapes.
-
-    A sync that leaves a layer half-loaded would be post-processed with garbage for the rest (vLLM
-    fuses q/k/v and gate/up), and an unknown name fails deep inside vLLM after other buckets were
-    already applied; checking names and shapes against this before sending avoids both.
-    """
-
-    shapes: dict[str, tuple[int, ...]]
-    optional: frozenset[str] = frozenset()
-    """Names that may be sent but need not be (``lm_head.weight`` of a tied-embedding model)."""
-
-    def check(self, name: str, shape: tuple[int, ...]) -> None:
-        if name not in self.shapes:
-            raise ValueError(
-                f"{name!r} is not a weight of the engine's model (expected Hugging Face names such"
-                f" as {next(iter(self.shapes))!r})"
-            )
-        if tuple(shape) != self.shapes[name]:
-            raise ValueError(
-                f"{name}: shape {tuple(shape)} does not match the engine's {self.shapes[name]}"
-            )
-
-    def missing(self, names: set[str]) -> list[str]:
-        return sorted(set(self.shapes) - self.optional - names)
-
-
-def checkpoint_manifest(model_path: str | Path) -> WeightManifest:
-    """Names and shapes of a Hugging Face checkpoint folder, from its safetensors headers only."""
-    from safetensors import safe_open
-
-    model_path = Path(model_path)
-    files = sorted(model_path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors files in {model_path}")
-    shapes: dict[str, tuple[int, ...]] = {}
-    for file in files:
-        with safe_open(file, "pt") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                shapes[name] = tuple(f.get_slice(name).get_shape())
-    optional: set[str] = set()
-    config = json.loads((model_path / "config.json").read_text())
-    if config.get("tie_word_embeddings") and "lm_head.weight" not in shapes:
-        embedding = next((n for n in shapes if n.endswith("embed_tokens.weight")), None)
-        if embedding is not None:
-            shapes["lm_head.weight"] = shapes[embedding]
-            optional.add("lm_head.weight")
-    return WeightManifest(shapes=shapes, optional=frozenset(optional))
+__all__ = [
+    "ALIGNMENT",
+    "TensorMeta",
+    "WeightBucket",
+    "WeightManifest",
+    "WeightUpdateExtension",
+    "aligned",
+    "checkpoint_manifest",
+    "dtype_name",
+    "unpack_flat",
+]
 
 
 class WeightUpdateExtension:
@@ -208,12 +89,12 @@ class WeightUpdateExtension:
             finalize_layerwise_reload(model, self.vllm_config.model_config)
             _refresh_tied_lm_head(model, self.vllm_config.model_config.hf_config)
 
-    # -- direct transports (rlrt_megatron.cluster.weight_group, rlrt_megatron.cluster.cuda_ipc) --
+    # -- direct transports (rlrt_megatron.transport.weight_group, rlrt_megatron.transport.cuda_ipc)
 
     def rlrt_join_weight_group(self, spec, first_rank: int) -> int:
         """Join a broadcast weight group as member ``first_rank`` + this worker's rank in its
         engine (every TP worker receives every bucket); blocks until the group is formed."""
-        from rlrt_megatron.cluster.weight_group import join_weight_group
+        from rlrt_megatron.transport.weight_group import join_weight_group
 
         self.rlrt_leave_weight_group()
         rank = first_rank + int(self.rank)
@@ -230,7 +111,7 @@ class WeightUpdateExtension:
         """Receive and load every bucket of one broadcast stream; returns the tensors loaded."""
         from vllm.config import set_current_vllm_config
 
-        from rlrt_megatron.cluster.weight_group import receive_buckets
+        from rlrt_megatron.transport.weight_group import receive_buckets
 
         group = getattr(self, "_rlrt_weight_group", None)
         if group is None:
@@ -248,7 +129,7 @@ class WeightUpdateExtension:
         model's own loaders copy into their parameters)."""
         from vllm.config import set_current_vllm_config
 
-        from rlrt_megatron.cluster.cuda_ipc import open_bucket
+        from rlrt_megatron.transport.cuda_ipc import open_bucket
 
         flat = open_bucket(shared)
         with set_current_vllm_config(self.vllm_config):

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from rlrt_megatron.cli import CommandError, register_command
-from rlrt_megatron.configuration import ConfigError
+from rlrt_megatron.command_registry import register_command
+from rlrt_megatron.errors import CommandError, ConfigError
 
 DEFAULT_QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart_cpu.yaml"
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from rlrt_megatron.algorithms.metrics import results_row
+from rlrt_megatron.data.prompts import TemplatedPrompt
 from rlrt_megatron.rollout.sampling import SamplingConfig
-from rlrt_megatron.trainer.prompts import TemplatedPrompt
 
 
 def evaluate(

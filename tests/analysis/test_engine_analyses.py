@@ -10,7 +10,7 @@ import pytest
 from _analysis_data import write_jsonl
 
 import rlrt_megatron.analysis.commands  # noqa: F401  (registers `rlrt analyze`)
-from rlrt_megatron.analysis import engine_analyses
+from rlrt_megatron.analysis import common, engine_analyses
 from rlrt_megatron.analysis.injection import InjectionOutcome, flip_rates
 from rlrt_megatron.cli import main
 from rlrt_megatron.rewards.math_verifier import grade_math
@@ -20,14 +20,15 @@ pytestmark = [pytest.mark.vllm, pytest.mark.distributed]
 
 @pytest.fixture
 def shared_pool(monkeypatch, analysis_engine_pool):
-    """The commands' engine pool is the module's (an engine start costs 20–40 s here)."""
+    """The commands' engine pool is the module's (an engine start costs 20–40 s here): every
+    analysis opens its pool through `rlrt_megatron.analysis.common.open_engine_pool`."""
 
     @contextlib.contextmanager
     def pool(model_path, *, max_model_len, engines):
         assert max_model_len <= 512
         yield analysis_engine_pool
 
-    monkeypatch.setattr(engine_analyses, "open_engine_pool", pool)
+    monkeypatch.setattr(common, "open_engine_pool", pool)
 
 
 def _rollouts(tmp_path):

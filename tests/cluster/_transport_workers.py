@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from rlrt_megatron.cluster.weight_group import (
+from rlrt_megatron.transport.buckets import pack_flat_buckets, unpack_flat
+from rlrt_megatron.transport.weight_group import (
     WeightGroupAborted,
     broadcast_buckets,
     join_weight_group,
     receive_buckets,
 )
-from rlrt_megatron.cluster.weight_sync import pack_flat_buckets
-from rlrt_megatron.rollout.weights import unpack_flat
 
 
 def sample_weights() -> list[tuple[str, torch.Tensor]]:
@@ -66,7 +65,7 @@ def broadcast_member(rank: int, spec, bucket_bytes: int, device: str, fail_at: i
 
 def ipc_receiver(queue_in, queue_out) -> None:
     """Open each shared bucket, check it against `sample_weights`, answer, until None."""
-    from rlrt_megatron.cluster.cuda_ipc import open_bucket
+    from rlrt_megatron.transport.cuda_ipc import open_bucket
 
     torch.cuda.set_device(0)
     expected = dict(sample_weights())

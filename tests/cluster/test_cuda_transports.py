@@ -17,8 +17,7 @@ import pytest
 import torch
 from _transport_workers import ipc_receiver, sample_weights
 
-from rlrt_megatron.cluster.weight_sync import pack_flat_buckets
-from rlrt_megatron.rollout.weights import unpack_flat
+from rlrt_megatron.transport.buckets import pack_flat_buckets, unpack_flat
 
 pytestmark = [
     pytest.mark.gpu,
@@ -38,7 +37,7 @@ def test_packing_on_the_gpu_matches_the_host():
 
 
 def test_cuda_ipc_bucket_is_shared_with_another_process():
-    from rlrt_megatron.cluster.cuda_ipc import share_bucket
+    from rlrt_megatron.transport.cuda_ipc import share_bucket
 
     ctx = mp.get_context("spawn")
     to_receiver, from_receiver = ctx.Queue(), ctx.Queue()
@@ -61,7 +60,7 @@ def test_cuda_ipc_bucket_is_shared_with_another_process():
 
 
 def test_share_bucket_refuses_host_memory():
-    from rlrt_megatron.cluster.cuda_ipc import share_bucket
+    from rlrt_megatron.transport.cuda_ipc import share_bucket
 
     with pytest.raises(ValueError, match="CUDA tensor"):
         share_bucket(torch.zeros(8, dtype=torch.uint8), ())
@@ -79,7 +78,7 @@ def test_nccl_weight_group_object_constructs_and_broadcasts():
 
     import torch.distributed as dist
 
-    from rlrt_megatron.cluster.weight_group import free_port, make_process_group
+    from rlrt_megatron.transport.weight_group import free_port, make_process_group
 
     timeout = datetime.timedelta(seconds=60)
     store = dist.TCPStore("127.0.0.1", free_port(), 1, is_master=True, timeout=timeout)

@@ -14,7 +14,7 @@ import multiprocessing as mp
 import pytest
 from _transport_workers import broadcast_member
 
-from rlrt_megatron.cluster.weight_group import WeightGroupSpec, free_port
+from rlrt_megatron.transport.weight_group import WeightGroupSpec, free_port
 
 pytestmark = pytest.mark.distributed
 
@@ -64,7 +64,7 @@ def _join_all(specs: list[WeightGroupSpec]) -> list:
     each result is the formed group or the exception raised."""
     import threading
 
-    from rlrt_megatron.cluster.weight_group import join_weight_group
+    from rlrt_megatron.transport.weight_group import join_weight_group
 
     results: list = [None] * len(specs)
 
@@ -86,7 +86,7 @@ def _join_all(specs: list[WeightGroupSpec]) -> list:
 def test_the_store_refuses_a_member_without_the_secret():
     import dataclasses
 
-    from rlrt_megatron.cluster.weight_group import WeightGroup, WeightGroupAuthError
+    from rlrt_megatron.transport.weight_group import WeightGroup, WeightGroupAuthError
 
     spec = WeightGroupSpec(name="auth", host="127.0.0.1", port=free_port(), world_size=3)
     impostor = dataclasses.replace(spec, secret="not-the-secret")
@@ -110,7 +110,7 @@ def test_the_store_listens_only_on_the_address_it_was_given():
     import socket
     import subprocess
 
-    from rlrt_megatron.cluster.weight_group import WeightGroup
+    from rlrt_megatron.transport.weight_group import WeightGroup
 
     listed = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
     others = [a for a in listed if "." in a and not a.startswith("127.")]

@@ -1,13 +1,12 @@
-"""Bucket packing (sender, cluster/) against unpacking (receiver, rollout/): no engine. Loading into
-a real engine is tested in test_engine_pool.py."""
+"""Bucket packing (sender side) against unpacking (receiver side), both in transport/: no
+engine. Loading into a real engine is tested in test_engine_pool.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rlrt_megatron.cluster.weight_sync import pack_buckets
-from rlrt_megatron.rollout.weights import ALIGNMENT
+from rlrt_megatron.transport.buckets import ALIGNMENT, pack_buckets
 
 
 def _named_tensors():
@@ -58,3 +57,21 @@ def test_pack_rejects_bad_input():
         list(pack_buckets([("a", torch.ones(1, dtype=torch.complex64))]))
     with pytest.raises(ValueError, match="bucket_bytes"):
         list(pack_buckets([("a", torch.ones(1))], -1))
+
+
+def test_the_old_module_paths_still_export_the_transport_names():
+    """The transport moved to `rlrt_megatron.transport`; the old import paths are kept."""
+    from rlrt_megatron import transport
+    from rlrt_megatron.cluster import cuda_ipc, weight_group, weight_sync
+    from rlrt_megatron.rollout import weights
+    from rlrt_megatron.transport import cuda_ipc as new_ipc
+    from rlrt_megatron.transport import weight_group as new_group
+
+    assert weight_sync.pack_buckets is transport.pack_buckets
+    assert weight_sync.pack_flat_buckets is transport.pack_flat_buckets
+    assert weights.WeightBucket is transport.WeightBucket
+    assert weights.WeightManifest is transport.WeightManifest
+    assert weights.unpack_flat is transport.unpack_flat
+    assert weight_group.WeightGroupSpec is new_group.WeightGroupSpec
+    assert weight_group.join_weight_group is new_group.join_weight_group
+    assert cuda_ipc.share_bucket is new_ipc.share_bucket

@@ -97,7 +97,7 @@ def _jsonl(path: Path, prompts: list[str]) -> Path:
 
 def test_load_prompts_raises_or_skips_rows_not_in_dapo_form(tokenizer, tmp_path: Path) -> None:
     from rlrt_megatron.data import DatasetError
-    from rlrt_megatron.trainer.prompts import load_prompts
+    from rlrt_megatron.data.prompts import load_prompts
 
     path = _jsonl(tmp_path / "mixed.jsonl", [DAPO_TEXT, "What is 4*4?"])
     with pytest.raises(DatasetError, match=r"mixed.jsonl: row 1 \(0-based\): key 'prompt'"):

@@ -100,7 +100,7 @@ def test_compare_refuses_unknown_methods_before_training(config_file, tmp_path, 
 
 
 def test_a_preempted_or_torn_summary_is_not_a_finished_run(tmp_path):
-    from rlrt_megatron.evaluation.compare import run_finished
+    from rlrt_megatron.trainer.compare import run_finished
 
     assert not run_finished(tmp_path)
     (tmp_path / "summary.json").write_text('{"steps": 2, "preempted": true}')

@@ -3,9 +3,10 @@
 Every method × seed is one ordinary training run (`rlrt_megatron.trainer.loop.train`) of the same
 config — same task, data order (``data.seed``), budget and learning rate — with
 ``algorithm.method=<method>`` and ``trainer.seed=<seed>`` (which seeds rollout sampling, teacher
-choices and evaluation sampling), in ``OUTPUT/<method>/seed<seed>/``. Runs run one after another;
-a run with a ``summary.json`` is finished and is not rerun, an interrupted one resumes from its
-last checkpoint (``trainer.resume=auto``), so the whole comparison is resumable.
+choices and evaluation sampling), in ``OUTPUT/<method>/seed<seed>/`` (hence this module lives
+with the trainer). Runs run one after another; a run with a ``summary.json`` is finished and is
+not rerun, an interrupted one resumes from its last checkpoint (``trainer.resume=auto``), so the
+whole comparison is resumable.
 
 A quickstart config (with a ``quickstart:`` section) builds the tiny model, the task and the SFT
 warm-up once, in ``OUTPUT/work/``, and every run starts from that warmed-up model.

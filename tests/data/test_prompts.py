@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rlrt_megatron.trainer.prompts import load_prompts, load_tokenizer, prompt_batches
+from rlrt_megatron.data.prompts import load_prompts, load_tokenizer, prompt_batches
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +47,16 @@ def test_skipped_rows_are_reported_and_an_empty_file_says_so(tmp_path, tokenizer
     blank.write_text("\n")
     with pytest.raises(ValueError, match="blank.jsonl: the file holds no rows"):
         load_prompts([str(blank)], tokenizer, max_prompt_tokens=64)
+
+
+def test_the_trainer_path_still_exports_the_prompt_loaders():
+    """Prompt loading moved from trainer/ to data/ (evaluation and analysis use it too)."""
+    from rlrt_megatron.data import prompts
+    from rlrt_megatron.trainer import prompts as old
+
+    assert (old.load_prompts, old.load_tokenizer, old.prompt_batches, old.TemplatedPrompt) == (
+        prompts.load_prompts,
+        prompts.load_tokenizer,
+        prompts.prompt_batches,
+        prompts.TemplatedPrompt,
+    )
