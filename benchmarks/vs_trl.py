@@ -66,6 +66,9 @@ def measured(result: RunResult, folder: Path) -> RunResult:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the tiny workload alone")
+    parser.add_argument(
+        "--workloads", default="tiny,medium", help="comma-separated (default: %(default)s)"
+    )
     parser.add_argument("--workdir", default=str(REPO / "runs" / "bench_vs_trl"))
     parser.add_argument(
         "--bench-python",
@@ -86,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     bench_python = Path(args.bench_python)
     if not bench_python.exists():
         parser.error(f"{bench_python} does not exist: run `make bench-trl` (it creates the venv)")
-    names = ["tiny"] if args.quick else ["tiny", "medium"]
+    names = ["tiny"] if args.quick else args.workloads.split(",")
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; known: {sorted(VARIANTS)}")
     reports, dump = [], {}
     for name in names:
         folder = Path(args.workdir) / name
