@@ -31,9 +31,10 @@ COMMAND_MODULES = (
 LAYERS = (
     Layer(
         "leaves",
-        ("", "errors", "command_registry"),
+        ("", "errors", "command_registry", "interfaces"),
         "import nothing of the package: the (empty) package root, the user-facing errors any "
-        "layer may raise, the registry command modules add their `rlrt` commands to",
+        "layer may raise, the registry command modules add their `rlrt` commands to, the typing "
+        "Protocols of the loop's parts (their data types imported for type checking only)",
     ),
     Layer(
         "foundation",
