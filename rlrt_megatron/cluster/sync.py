@@ -47,16 +47,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from rlrt_megatron.interfaces import RankGroup, WeightSyncTarget
 from rlrt_megatron.transport.buckets import (
     DEFAULT_BUCKET_BYTES,
     pack_buckets,
     pack_flat_buckets,
 )
 from rlrt_megatron.transport.manifest import WeightManifest
+
+if TYPE_CHECKING:
+    from rlrt_megatron.cluster.pool import SyncStats
 
 PACKING_RANK = 0
 """The global rank that packs and publishes the buckets (see the module docstring)."""
@@ -187,15 +191,15 @@ def resolve_transport(transport: str, *, colocated: bool, platform: str) -> Tran
 
 
 def sync_policy_weights(
-    policy: Any,
-    pool: Any,
+    policy: RankGroup,
+    pool: WeightSyncTarget,
     *,
     version: int | None = None,
     bucket_bytes: int | None = None,
     transport: Transport = "object_store",
     channel: BroadcastChannel | None = None,
     indices: list[int] | None = None,
-) -> Any:
+) -> SyncStats:
     """Load the policy group's current weights into every engine of ``pool``.
 
     ``policy``: a `PolicyGroup` (or any group with ``run_all``); ``pool``: an `EnginePool`.
@@ -263,7 +267,7 @@ class BroadcastChannel:
         self._engines: list[Any] = []
 
     def send(
-        self, policy: Any, pool: Any, indices: list[int], bucket_bytes: int
+        self, policy: RankGroup, pool: WeightSyncTarget, indices: list[int], bucket_bytes: int
     ) -> tuple[int, int, int]:
         """One broadcast of the policy's weights into engines ``indices`` (inside their open
         update); returns (buckets, tensors, bytes)."""
@@ -289,7 +293,7 @@ class BroadcastChannel:
             raise RuntimeError(f"engines received {received} tensors of the {sent[1]} sent")
         return sent
 
-    def _ensure(self, policy: Any, pool: Any, indices: list[int]) -> Any:
+    def _ensure(self, policy: RankGroup, pool: WeightSyncTarget, indices: list[int]) -> Any:
         import uuid
 
         import ray
@@ -317,7 +321,7 @@ class BroadcastChannel:
         self._members, self._spec, self._engines = members, spec, engines
         return spec
 
-    def close(self, policy: Any, pool: Any | None = None) -> None:
+    def close(self, policy: RankGroup, pool: WeightSyncTarget | None = None) -> None:
         """Leave the group on every side that is still alive (idempotent)."""
         import ray
 
