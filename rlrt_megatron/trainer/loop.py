@@ -21,9 +21,8 @@ from rlrt_megatron.cluster.agreement import logprob_agreement
 from rlrt_megatron.configuration import save_config
 from rlrt_megatron.data.templating import encode_chat
 from rlrt_megatron.megatron.checkpoint import HF_SUBDIR
-from rlrt_megatron.megatron.train_step import TrainBatch, UpdateConfig
+from rlrt_megatron.megatron.train_step import TrainBatch
 from rlrt_megatron.rewards.pool import RewardPool
-from rlrt_megatron.rollout.sampling import SamplingConfig
 from rlrt_megatron.trainer.config import RunConfig
 from rlrt_megatron.trainer.evaluation import evaluate, evaluate_per_prompt, paired_difference
 from rlrt_megatron.trainer.metrics import (
@@ -38,9 +37,12 @@ from rlrt_megatron.trainer.prompts import load_prompts, load_tokenizer, prompt_b
 from rlrt_megatron.trainer.stack import (
     build_placement,
     checkpoint_dir,
+    evaluation_sampling,
     export_hf_on_rank,
     load_on_rank,
+    rollout_sampling,
     save_on_rank,
+    update_config,
 )
 from rlrt_megatron.trainer.step_batch import (
     StepRollouts,
@@ -71,14 +73,7 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
     """One RL step on ``prompts`` (a batch of `TemplatedPrompt`); returns its metrics."""
     alg, timer = config.algorithm, StepTimer()
     k = config.data.rollouts_per_prompt
-    sampling = SamplingConfig(
-        n=k,
-        temperature=config.rollout.temperature,
-        top_p=config.rollout.top_p,
-        top_k=config.rollout.top_k,
-        max_tokens=config.rollout.max_response_tokens,
-        seed=config.trainer.seed * 1_000_003 + step * len(prompts),  # resumable sampling
-    )
+    sampling = rollout_sampling(config, step, len(prompts))
     with timer("rollout"):
         samples = run.engines.generate([p.ids for p in prompts], sampling)
     rollouts = StepRollouts([p.record for p in prompts], [p.ids for p in prompts], samples)
@@ -143,15 +138,7 @@ def rl_step(config: RunConfig, step: int, run: Any, prompts: list, generator) ->
         teacher_prompts=teacher_prompts,
         teacher_entropy=scores.teacher_entropy,
     )
-    update = UpdateConfig(
-        method=alg.method,
-        loss=alg.loss_config(),
-        mini_batches=config.actor.mini_batches,
-        max_tokens=config.actor.max_tokens,
-        topk=alg.spec.defaults.distill_topk if alg.distill_topk is None else alg.distill_topk,
-        srpo_beta=alg.spec.defaults.srpo_beta if alg.srpo_beta is None else alg.srpo_beta,
-        temperature=config.rollout.temperature,
-    )
+    update = update_config(config)
     with timer("update"):
         update_metrics = run.policy.train_step(batch, update)
     with timer("sync"):
@@ -355,14 +342,7 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
             np.random.set_state(state.rng["numpy"])
             placement.sync_weights(version=state.step)
             logger.info("resumed from %s at step %d", resume_from, state.step)
-        eval_sampling = SamplingConfig(
-            n=config.eval.n,
-            temperature=config.eval.temperature,
-            top_p=config.eval.top_p,
-            top_k=config.eval.top_k,
-            max_tokens=config.eval.max_response_tokens,
-            seed=config.trainer.seed,
-        )
+        eval_sampling = evaluation_sampling(config)
         summary: dict[str, Any] = {"method": config.algorithm.method, "data": data_counts}
         if resume_from is not None:
             summary["resumed_from"] = str(resume_from)
