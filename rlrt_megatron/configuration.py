@@ -9,6 +9,9 @@ is the machinery, shared by all:
 * Unknown or misspelled keys are errors that name the full dotted key and suggest the closest
   valid one; values are checked against the field types (bool, int, float, str, Literal, Optional,
   lists, dicts, nested dataclasses); a field without a default must be given.
+* A nested dataclass field whose default is an instance (``field(default_factory=lambda:
+  AdamWConfig(warmup_steps=10))``) keeps that instance's values for the keys a file leaves out:
+  a run composes a component's own config and states the run's defaults where it composes it.
 * `to_dict` / `save_config` give back the resolved config, saved with every run.
 """
 
@@ -38,8 +41,10 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and convert where lossless (int → float)."""
+def _convert(value: Any, tp: Any, key: str, default: Any = None) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert where lossless (int → float).
+    ``default``: the field's default instance, when ``tp`` is a dataclass (keys left out keep
+    its values)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -60,7 +65,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if _is_dataclass_type(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
-        return _build(tp, value, key)
+        return _build(tp, value, key, default if isinstance(default, tp) else None)
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, str) or not isinstance(value, Sequence):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -118,7 +123,17 @@ def _torch_dtype(value: Any, key: str) -> Any:
     return dtype
 
 
-def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
+def _default_instance(f: dataclasses.Field) -> Any:
+    """The default of a field made by a factory (a nested config's run-level defaults)."""
+    if f.default_factory is dataclasses.MISSING:
+        return None
+    made = f.default_factory()
+    return made if dataclasses.is_dataclass(made) and not isinstance(made, type) else None
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str, base: Any = None) -> T:
+    """``cls`` from ``data``; keys ``data`` leaves out take ``base``'s values (an instance of
+    ``cls``) or else the class defaults."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
@@ -133,7 +148,9 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
     for name, f in fields.items():
         key = _join(prefix, name)
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], key)
+            kwargs[name] = _convert(data[name], hints[name], key, _default_instance(f))
+        elif base is not None:
+            kwargs[name] = getattr(base, name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key {key!r}")
     try:

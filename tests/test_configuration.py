@@ -121,3 +121,19 @@ def test_parse_overrides_nests_and_types():
         "d": None,
         "e": "1e-6",
     }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Composed:
+    """A component's own config composed with run-level defaults (not the class's own)."""
+
+    actor: Actor = field(default_factory=lambda: Actor(tp=4, lr=1e-6))
+
+
+def test_a_composed_default_instance_keeps_its_values_for_keys_left_out():
+    assert from_dict(Composed, {}).actor == Actor(tp=4, lr=1e-6)
+    # a partial mapping refines the default instance, not the class defaults
+    assert from_dict(Composed, {"actor": {"dtype": "bfloat16"}}).actor == Actor(
+        tp=4, dtype="bfloat16", lr=1e-6
+    )
+    assert from_dict(Composed, {"actor": {"tp": 1, "lr": None}}).actor == Actor()

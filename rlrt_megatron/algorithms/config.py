@@ -8,10 +8,11 @@ can still be overridden.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
+from rlrt_megatron.algorithms.losses import Aggregation
 from rlrt_megatron.algorithms.objective import LossConfig
-from rlrt_megatron.algorithms.registry import MethodSpec, get_method
+from rlrt_megatron.algorithms.registry import EntropyForm, MethodSpec, get_method
 from rlrt_megatron.algorithms.schedules import LinearSchedule, lambda_schedule
 
 
@@ -31,7 +32,7 @@ class AlgorithmConfig:
     """Linear warm-up of λ from 0 over this many steps."""
     eps_w: float | None = None
     """Clip radius ε_w of the token weight (None: method default)."""
-    entropy_form: Literal["advantage", "loss"] | None = None
+    entropy_form: EntropyForm | None = None
     """GRPO+EB's bonus: "advantage" (Cheng et al.'s A_t + min(α·H_t, |A_t|/κ), the default) or
     "loss" (−entropy_coef·mean H_t). None: the method's default."""
     entropy_alpha: float | None = None
@@ -50,7 +51,7 @@ class AlgorithmConfig:
     clip_high: float = 0.28
     rollout_is_clip: float | None = 2.0
     """Truncation of the rollout importance weight; null disables the correction."""
-    aggregation: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+    aggregation: Aggregation = "token-mean"
 
     def __post_init__(self) -> None:
         get_method(self.method)  # unknown method → ValueError listing the known ones
@@ -62,8 +63,8 @@ class AlgorithmConfig:
             (
                 "entropy_form",
                 self.entropy_form,
-                lambda v: v in ("advantage", "loss"),
-                "'advantage' or 'loss'",
+                lambda v: v in get_args(EntropyForm),
+                f"one of {get_args(EntropyForm)}",
             ),
             ("entropy_alpha", self.entropy_alpha, lambda v: v >= 0, ">= 0"),
             ("entropy_kappa", self.entropy_kappa, lambda v: v > 1, "> 1"),

@@ -35,6 +35,7 @@ from rlrt_megatron.algorithms._checks import check_bool, check_shape, check_tens
 TeacherContext = Literal["none", "peer_rollout", "ground_truth"]
 TokenWeight = Literal["none", "reverse_teacher", "inverse_teacher"]
 RowSet = Literal["none", "all", "correct", "incorrect", "not_distilled"]
+EntropyForm = Literal["advantage", "loss"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +52,7 @@ class MethodDefaults:
     """Linear decay of λ to 0 over this many steps; None keeps λ constant."""
     eps_w: float = 0.0
     """Clip radius of the token weight: w ∈ [1−ε_w, 1+ε_w]."""
-    entropy_form: Literal["advantage", "loss"] = "advantage"
+    entropy_form: EntropyForm = "advantage"
     """How an entropy-bonus method (``needs_student_entropy``) adds it: "advantage" (Cheng et al.,
     A_t' = A_t + min(α·H_t, |A_t|/κ), the reference form) or "loss" (−c_H·mean(H_t))."""
     entropy_alpha: float = 0.4

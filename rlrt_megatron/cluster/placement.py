@@ -37,6 +37,7 @@ placement on GPUs.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -44,9 +45,17 @@ from typing import Any, Literal
 
 from rlrt_megatron.cluster.policy_group import PolicyGroup, PolicyGroupConfig
 from rlrt_megatron.cluster.pool import EnginePool, EnginePoolConfig, SyncStats
-from rlrt_megatron.cluster.sync import BroadcastChannel, resolve_transport, sync_policy_weights
+from rlrt_megatron.cluster.sync import (
+    BroadcastChannel,
+    Transport,
+    resolve_transport,
+    sync_policy_weights,
+)
+from rlrt_megatron.cluster.worker_group import PlacementStrategy
 
 PlacementMode = Literal["colocated", "disaggregated"]
+WeightTransport = Literal["auto", Transport]
+"""auto, or one of `rlrt_megatron.cluster.sync.Transport` (module docstring)."""
 
 ENGINE_GPU_SHARE = 0.5
 """The engine's share of a colocated GPU bundle in Ray's bookkeeping (the rank has the rest)."""
@@ -65,19 +74,19 @@ class PlacementConfig:
     """
 
     mode: PlacementMode = "disaggregated"
-    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    strategy: PlacementStrategy = "PACK"
     timeout_s: float = 120.0
-    weight_transport: str = "auto"
+    weight_transport: WeightTransport = "auto"
     sleep_level: int = 1
 
     def __post_init__(self) -> None:
-        if self.mode not in ("colocated", "disaggregated"):
+        if self.mode not in typing.get_args(PlacementMode):
             raise ValueError(
                 f"placement mode must be 'colocated' or 'disaggregated', not {self.mode!r}"
             )
-        if self.weight_transport not in ("auto", "object_store", "broadcast", "cuda_ipc"):
+        if self.weight_transport not in typing.get_args(WeightTransport):
             raise ValueError(
-                "weight_transport must be auto, object_store, broadcast or cuda_ipc, not"
+                f"weight_transport must be one of {typing.get_args(WeightTransport)}, not"
                 f" {self.weight_transport!r}"
             )
         if self.sleep_level not in (1, 2):

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlrt_megatron.cluster.worker_group import WorkerGroup, WorkerGroupConfig
+from rlrt_megatron.cluster.worker_group import PlacementStrategy, WorkerGroup, WorkerGroupConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +42,7 @@ class PolicyGroupConfig:
     num_ranks: int = 1
     cpus_per_rank: float = 1.0
     gpus_per_rank: float = 0.0
-    placement_strategy: str = "PACK"
+    placement_strategy: PlacementStrategy = "PACK"
     placement_timeout_s: float = 120.0
     torch_threads: int | None = 1
     env: dict[str, str] = field(default_factory=dict)
@@ -63,7 +63,7 @@ class PolicyGroupConfig:
             num_workers=self.num_ranks,
             cpus_per_worker=self.cpus_per_rank,
             gpus_per_worker=self.gpus_per_rank,
-            placement_strategy=self.placement_strategy,  # type: ignore[arg-type]
+            placement_strategy=self.placement_strategy,
             placement_timeout_s=self.placement_timeout_s,
             env=dict(self.env),
         )

@@ -28,14 +28,16 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+import typing
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from rlrt_megatron.cluster.engine_actor import EngineActor
 from rlrt_megatron.cluster.sync import PackedWeights
+from rlrt_megatron.cluster.worker_group import PlacementStrategy
 from rlrt_megatron.rollout import (
     EngineAsleepError,
     EngineConfig,
@@ -49,8 +51,6 @@ from rlrt_megatron.transport.buckets import DEFAULT_BUCKET_BYTES, pack_buckets
 from rlrt_megatron.transport.manifest import WeightManifest
 
 logger = logging.getLogger(__name__)
-
-PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 
 class EngineFailure(RuntimeError):
@@ -84,7 +84,7 @@ class EnginePoolConfig:
             raise ValueError(f"cpus_per_engine must be > 0, got {self.cpus_per_engine}")
         if self.gpus_per_engine is not None and self.gpus_per_engine < 0:
             raise ValueError(f"gpus_per_engine must be >= 0, got {self.gpus_per_engine}")
-        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        if self.placement_strategy not in typing.get_args(PlacementStrategy):
             raise ValueError(f"unknown placement_strategy {self.placement_strategy!r}")
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")

@@ -45,6 +45,7 @@ a replaced engine is refilled from the trainer (`Placement` registers the refill
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -164,7 +165,7 @@ def publish_policy_weights(
 
 
 Transport = Literal["object_store", "broadcast", "cuda_ipc"]
-TRANSPORTS = ("object_store", "broadcast", "cuda_ipc")
+TRANSPORTS: tuple[str, ...] = typing.get_args(Transport)
 
 
 def resolve_transport(transport: str, *, colocated: bool, platform: str) -> Transport:

@@ -31,13 +31,14 @@ Only the last user message changes; system messages and the other fields stay as
 
 from __future__ import annotations
 
+import typing
 from dataclasses import replace
 from typing import Literal
 
 from rlrt_megatron.data.records import PromptRecord
 
 PromptFormat = Literal["raw", "boxed"]
-PROMPT_FORMATS: tuple[str, ...] = ("raw", "boxed")
+PROMPT_FORMATS: tuple[str, ...] = typing.get_args(PromptFormat)
 
 DAPO_PREFIX = (
     "Solve the following math problem step by step. The last line of your response should be of "

@@ -9,6 +9,7 @@ row and count it in `ReadStats`.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -75,7 +76,7 @@ class ReadStats:
 
 
 def check_on_bad_row(on_bad_row: str) -> None:
-    if on_bad_row not in ("raise", "skip"):
+    if on_bad_row not in typing.get_args(OnBadRow):
         raise ValueError(f"on_bad_row must be 'raise' or 'skip', got {on_bad_row!r}")
 
 

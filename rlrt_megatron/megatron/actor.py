@@ -13,6 +13,7 @@ Every rank of the world constructs one and calls the same methods with the same 
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +32,13 @@ from rlrt_megatron.megatron.parallel import (
 from rlrt_megatron.megatron.scoring import ScoreResult, score_rollouts
 from rlrt_megatron.megatron.teacher_weights import TeacherWeights, TeacherWeightsMode
 from rlrt_megatron.megatron.train_step import TrainBatch, UpdateConfig, train_step
-from rlrt_megatron.models.qwen3_bridge import ATTENTION_BACKENDS
+from rlrt_megatron.models.qwen3_bridge import ATTENTION_BACKENDS, AttentionBackend
 from rlrt_megatron.models.qwen3_megatron import build_qwen3_model, export_hf_weights
 
 # refresh(rows, teacher scores of those rows with the current weights) -> replacement row
 # tensors of the mini-batch (e.g. {"token_advantages": ...}); see TrainBatch / ROW_TENSORS.
 RecomputeMode = Literal["none", "selective", "full"]
-RECOMPUTE_MODES: tuple[str, ...] = ("none", "selective", "full")
+RECOMPUTE_MODES: tuple[str, ...] = typing.get_args(RecomputeMode)
 
 TeacherRefresh = Callable[[list[int], ScoreResult], dict[str, torch.Tensor]]
 
@@ -84,7 +85,7 @@ class ActorConfig:
     temperature: float = 1.0
     recompute: RecomputeMode = "none"
     recompute_num_layers: int = 1
-    attention: str = "auto"
+    attention: AttentionBackend = "auto"
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:

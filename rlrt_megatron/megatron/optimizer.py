@@ -22,21 +22,28 @@ schedule, as in verl, where the scheduler steps whatever the update did.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch.distributed as dist
 
 ScheduleUnit = Literal["rl_step", "optimizer_step"]
-SCHEDULE_UNITS: tuple[str, ...] = ("rl_step", "optimizer_step")
+SCHEDULE_UNITS: tuple[str, ...] = typing.get_args(ScheduleUnit)
+DecayStyle = Literal["constant", "linear", "cosine"]
+DECAY_STYLES: tuple[str, ...] = typing.get_args(DecayStyle)
 
 
 @dataclass(frozen=True, kw_only=True)
 class AdamWConfig:
     """AdamW with decoupled weight decay, global-norm clipping, warmup and LR decay.
 
+    Also the run config's ``actor.optimizer`` section (`rlrt_megatron.trainer.config`).
+
     Attributes:
-        lr: peak learning rate.
+        lr: peak learning rate. None: not chosen here; whoever builds the optimizer fills it in
+            first (the trainer: the method's default, `RunConfig.lr`); `build_optimizer` refuses
+            None.
         min_lr: floor of the decay (``linear`` / ``cosine``).
         warmup_steps: linear warmup from 0 to ``lr``; Megatron's step 0 uses the warmup's
             starting value (0) when this is > 0.
@@ -54,10 +61,10 @@ class AdamWConfig:
             (one per mini-batch).
     """
 
-    lr: float
+    lr: float | None = None
     min_lr: float = 0.0
     warmup_steps: int = 0
-    decay_style: Literal["constant", "linear", "cosine"] = "constant"
+    decay_style: DecayStyle = "constant"
     decay_steps: int = 1_000_000
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -71,12 +78,14 @@ class AdamWConfig:
             raise ValueError(
                 f"schedule_unit must be one of {SCHEDULE_UNITS}, not {self.schedule_unit!r}"
             )
-        if not 0.0 <= self.min_lr <= self.lr:
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0 (or None: chosen by the caller), got {self.lr}")
+        if self.min_lr < 0 or (self.lr is not None and self.min_lr > self.lr):
             raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if not 0 <= self.warmup_steps < self.decay_steps:
             raise ValueError("need 0 <= warmup_steps < decay_steps")
-        if self.decay_style not in ("constant", "linear", "cosine"):
-            raise ValueError(f"unknown decay_style {self.decay_style!r}")
+        if self.decay_style not in DECAY_STYLES:
+            raise ValueError(f"decay_style must be one of {DECAY_STYLES}, not {self.decay_style!r}")
         if self.weight_decay < 0 or self.clip_grad < 0 or self.eps <= 0:
             raise ValueError("weight_decay and clip_grad must be >= 0 and eps > 0")
 
@@ -131,11 +140,17 @@ class RLStepScheduler:
         return getattr(self.scheduler, name)
 
 
+def _check_lr_set(config: AdamWConfig) -> None:
+    if config.lr is None:
+        raise ValueError("AdamWConfig.lr is None: set the learning rate before building")
+
+
 def build_scheduler(optimizer: Any, config: AdamWConfig) -> RLStepScheduler:
     """The LR / weight-decay schedule of ``optimizer`` (anything with ``param_groups``), applied
     for step 0; see `RLStepScheduler` for what its steps count."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+    _check_lr_set(config)
     scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0 if config.warmup_steps else config.lr,
@@ -161,6 +176,7 @@ def build_optimizer(model: Any, config: AdamWConfig) -> tuple[Any, RLStepSchedul
     """
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+    _check_lr_set(config)
     ddp_config = getattr(model.chunks[0], "ddp_config", None)
     if ddp_config is None:
         raise ValueError("build the model with wrap_with_ddp=True before building its optimizer")

@@ -27,13 +27,14 @@ bit-exactly before any optimizer step.
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
 
 TeacherWeightsMode = Literal["behavior", "current", "initial", "ema"]
-TEACHER_WEIGHTS_MODES: tuple[str, ...] = ("behavior", "current", "initial", "ema")
+TEACHER_WEIGHTS_MODES: tuple[str, ...] = typing.get_args(TeacherWeightsMode)
 
 
 class TeacherWeights:

@@ -27,7 +27,8 @@ These override private methods: mbridge is pinned exactly (see pyproject.toml) a
 
 from __future__ import annotations
 
-from typing import Any
+import typing
+from typing import Any, Literal
 
 import torch
 
@@ -36,7 +37,8 @@ from rlrt_megatron.models.qwen3_checkpoint import Qwen3Checkpoint
 TESTED_MBRIDGE_VERSIONS = frozenset({"0.15.1"})
 
 
-ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "te", "sdpa", "local")
+AttentionBackend = Literal["auto", "te", "sdpa", "local"]
+ATTENTION_BACKENDS: tuple[str, ...] = typing.get_args(AttentionBackend)
 
 
 def transformer_engine_available() -> bool:

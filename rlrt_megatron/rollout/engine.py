@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -119,7 +120,7 @@ class EngineConfig:
                 "EngineConfig.gpu_memory_utilization must be in (0, 1],"
                 f" got {self.gpu_memory_utilization}"
             )
-        if self.logprobs_mode not in ("processed_logprobs", "raw_logprobs"):
+        if self.logprobs_mode not in typing.get_args(LogprobsMode):
             raise ValueError(
                 "EngineConfig.logprobs_mode must be 'processed_logprobs' or 'raw_logprobs',"
                 f" got {self.logprobs_mode!r}"

