@@ -207,6 +207,8 @@ class EnginePool:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from rlrt_megatron.cluster.actor_logs import actor_log_file
+
         bundle = self.config.bundle()
         return (
             ray.remote(EngineActor)
@@ -220,7 +222,7 @@ class EnginePool:
                     placement_group_bundle_index=self._bundle_indices[index],
                 ),
             )
-            .remote(self.config.engine)
+            .remote(self.config.engine, actor_log_file(f"engine_{index}"))
         )
 
     def _await_started(self, indices) -> list[dict[str, Any]]:

@@ -19,7 +19,15 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-CONSOLE_KEYS = ("reward/mean", "reward/accuracy", "loss", "grad_norm", "lambda", "time/step")
+CONSOLE_KEYS = (
+    "reward/mean",
+    "reward/accuracy",
+    "update/loss",
+    "update/grad_norm",
+    "lambda",
+    "time/step",
+)
+"""The progress bar's metrics (shown by their last path part), keys that `rl_step` emits."""
 
 
 class MetricsLogger:
