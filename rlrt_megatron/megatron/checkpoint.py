@@ -317,6 +317,25 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["torch_cuda"])
 
 
+RNG_KEY = "rng"
+"""The key of a rank's RNG state (`capture_rng_state`) in its ``rank_extra``."""
+
+
+def restore_rank_rng(loaded: LoadedCheckpoint) -> bool:
+    """Put this rank's RNG state saved in ``loaded`` (``rank_extra["rng"]``) back; True if done.
+
+    Only at the layout it was saved at (world size, TP, PP, CP, DP all equal): the state of rank
+    *i* belongs to rank *i*'s place in the TP/PP/DP grid (megatron seeds the model-parallel
+    stream per TP rank and expects the default generator equal across a TP group), so at another
+    layout the ranks keep the streams seeded at start-up. Collective-free; call it on every rank
+    after `load_checkpoint`."""
+    state = (loaded.rank_extra or {}).get(RNG_KEY)
+    if state is None or loaded.meta.get("layout") != _layout():
+        return False
+    restore_rng_state(state)
+    return True
+
+
 # ---------------------------------------------------------------------------------------------
 # Saving and loading training checkpoints.
 # ---------------------------------------------------------------------------------------------
