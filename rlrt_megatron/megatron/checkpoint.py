@@ -61,6 +61,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from rlrt_megatron.atomic_files import atomic_write_text, fsync_dir
 from rlrt_megatron.megatron.safe_state import (
     UnsafeStateError,
     check_pickle,
@@ -514,9 +515,9 @@ def save_checkpoint(
             "distrib_optim_sharding_type": DISTRIB_OPTIM_SHARDING_TYPE,
             "saved_at_unix": time.time(),
         }
-        _write_file_atomically(staging / META_FILE, json.dumps(meta, indent=2))
+        atomic_write_text(staging / META_FILE, json.dumps(meta, indent=2))
         _replace_dir(staging, final)
-        _write_file_atomically(run_dir / LATEST_FILE, name + "\n")
+        atomic_write_text(run_dir / LATEST_FILE, name + "\n")
         if keep_last is not None:
             for old in list_checkpoints(run_dir)[:-keep_last]:
                 if old != final:
@@ -868,40 +869,15 @@ def check_output_folder(out_dir: str | Path, *sources: str | Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_file_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, fsync and ``os.replace``."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _replace_dir(staging: Path, final: Path) -> None:
     """Rename the complete ``staging`` directory to ``final``; an existing ``final`` is moved
     aside first and deleted only after the rename (a directory cannot be replaced in one step)."""
-    _fsync_dir(staging)
+    fsync_dir(staging)
     trash = None
     if final.exists():
         trash = final.with_name(f"{INCOMPLETE_PREFIX}replaced-{final.name}-{os.getpid()}")
         final.rename(trash)
     staging.rename(final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename / new entry in ``path`` durable (no-op where directories can't be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlrt_megatron.atomic_files import atomic_write_text
 from rlrt_megatron.cluster.agreement import logprob_agreement
 from rlrt_megatron.configuration import save_config
 from rlrt_megatron.data.templating import encode_chat
@@ -470,7 +471,6 @@ def _train(
         summary["eval_accuracy_before"] = summary["eval_before"]["accuracy"]
     if "eval_after" in summary:
         summary["eval_accuracy_after"] = summary["eval_after"]["accuracy"]
-    staging = run_dir / "summary.json.tmp"  # replaced in one step: a kill never tears it
-    staging.write_text(json.dumps(summary, indent=2, default=str))
-    staging.replace(run_dir / "summary.json")
+    # Replaced in one step: a kill never tears it.
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary

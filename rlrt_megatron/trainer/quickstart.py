@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlrt_megatron.atomic_files import atomic_write_text
 from rlrt_megatron.configuration import (
     ConfigError,
     deep_merge,
@@ -99,8 +99,8 @@ def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
             levels=tuple(t.levels),
         )
         lines = train_file.read_text().splitlines(keepends=True)
-        _write_atomically(sft_file, "".join(lines[: t.num_train]))
-        _write_atomically(rl_file, "".join(lines[t.num_train :] if t.num_rl else lines))
+        atomic_write_text(sft_file, "".join(lines[: t.num_train]))
+        atomic_write_text(rl_file, "".join(lines[t.num_train :] if t.num_rl else lines))
         logger.info(
             "quickstart: %d SFT, %d RL and %d held-out arithmetic problems in %s",
             t.num_train,
@@ -120,12 +120,6 @@ def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
         result = sft_warmup(base, warm, pairs, quick.warmup)
         logger.info("quickstart: warm-up done in %.0f s (written to %s)", result.seconds, warm)
     return warm, rl_file, test_file
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
 
 
 def run_quickstart(
@@ -159,5 +153,7 @@ def run_quickstart(
         raise ConfigError(f"{config_path}: {error}") from None
     summary = train(run_config, verbose=verbose)
     summary["seconds_total"] = time.time() - started
-    (run_config.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(
+        run_config.run_dir / "summary.json", json.dumps(summary, indent=2, default=str)
+    )
     return summary
