@@ -471,11 +471,7 @@ class EnginePool:
                 raise ValueError(f"tensor {name!r} appears twice in one weight sync")
             self._manifest.check(name, tuple(shape))
             seen.add(name)
-        if missing := self._manifest.missing(seen):
-            raise ValueError(
-                f"the weight stream lacks {len(missing)} of the model's tensors, e.g."
-                f" {missing[:3]}; a sync must carry the full model"
-            )
+        self._manifest.require_complete(seen)
 
     def _next_version(self, version: int | None) -> int:
         self._check_weights_awake()
@@ -545,11 +541,8 @@ class EnginePool:
             self._manifest.check(name, tuple(tensor.shape))
             seen.add(name)
             yield name, tensor
-        if seen and (missing := self._manifest.missing(seen)):
-            raise ValueError(
-                f"the weight stream lacks {len(missing)} of the model's tensors, e.g."
-                f" {missing[:3]}; a sync must carry the full model"
-            )
+        if seen:
+            self._manifest.require_complete(seen)
 
     def shutdown(self) -> None:
         import ray

@@ -116,11 +116,8 @@ def publish_buckets(
             refs.append(ray.put(bucket))  # the bucket leaves this process's heap here
             counts.append(len(bucket.tensors))
             sizes.append(bucket.nbytes)
-        if manifest is not None and (missing := manifest.missing({n for n, _ in tensors})):
-            raise ValueError(
-                f"the exported weights lack {len(missing)} of the engines' tensors, e.g."
-                f" {missing[:3]}"
-            )
+        if manifest is not None:
+            manifest.require_complete({n for n, _ in tensors})
         if not refs:
             raise ValueError("the policy exported no weights")
     except Exception as e:  # keep stepping through the export with the other ranks first
@@ -406,10 +403,8 @@ def _complete(
     """``stream``, then a check that it carried every tensor of ``manifest`` (raised inside the
     transport's loop, so that the receivers are told to abort)."""
     yield from stream
-    if manifest is not None and (missing := manifest.missing({n for n, _ in layout})):
-        raise ValueError(
-            f"the exported weights lack {len(missing)} of the engines' tensors, e.g. {missing[:3]}"
-        )
+    if manifest is not None:
+        manifest.require_complete({n for n, _ in layout})
     if not layout:
         raise ValueError("the policy exported no weights")
 
