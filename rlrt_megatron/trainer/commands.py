@@ -23,6 +23,19 @@ def _add_verbose_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at each record (not the object it was at set-up,
+    which a test's capture may have closed since)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it: ignored
+        pass
+
+
 class _ConsoleFormatter(logging.Formatter):
     """A phase line as it is; a warning or error prefixed with its level."""
 
@@ -42,7 +55,7 @@ def configure_console(verbose: bool) -> None:
         return
     package = logging.getLogger("rlrt_megatron")
     if not any(isinstance(h.formatter, _ConsoleFormatter) for h in package.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(_ConsoleFormatter("%(message)s"))
         package.addHandler(handler)
     package.setLevel(logging.INFO)  # still propagates: a handler on the root sees it too
