@@ -228,17 +228,21 @@ class EnginePool:
     def _await_started(self, indices) -> list[dict[str, Any]]:
         import ray
 
+        from rlrt_megatron.cluster.actor_logs import actor_log_file
+
         indices = list(indices)
         refs = [self._engines[i].status.remote() for i in indices]
         statuses = []
         for i, ref in zip(indices, refs, strict=True):
+            log = actor_log_file(f"engine_{i}")
+            see = "" if log is None else f" (its output: {log})"
             try:
                 statuses.append(ray.get(ref, timeout=self.config.start_timeout_s))
             except ray.exceptions.RayActorError as e:
-                raise EngineStartError(f"engine {i} failed to start: {e}") from e
+                raise EngineStartError(f"engine {i} failed to start{see}: {e}") from e
             except ray.exceptions.GetTimeoutError:
                 raise EngineStartError(
-                    f"engine {i} did not start within {self.config.start_timeout_s} s"
+                    f"engine {i} did not start within {self.config.start_timeout_s} s{see}"
                 ) from None
         return statuses
 

@@ -180,8 +180,10 @@ class WorkerGroup:
                 results.append(ray.get(ref))
             except Exception as error:  # RayTaskError / RayActorError wrap the rank's failure
                 cause = getattr(error, "cause", None) or error
+                log = actor_log_file(f"rank_{rank}")
+                see = "" if log is None else f" (its output: {log})"
                 raise WorkerGroupError(
-                    f"rank {rank} failed: {type(cause).__name__}: {cause}"
+                    f"rank {rank} failed{see}: {type(cause).__name__}: {cause}"
                 ) from error
         return results
 
