@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +47,8 @@ class _ConsoleFormatter(logging.Formatter):
 
 def configure_console(verbose: bool) -> None:
     """The run's console (issue 16): quiet shows this package's INFO lines (a few per phase) on
-    stdout and other libraries' warnings only (Python's default); ``verbose`` shows every
+    stdout, other libraries' warnings only (Python's default) and no Hugging Face progress bars
+    (the warm-up's "Loading weights" / "Writing model shards"); ``verbose`` shows every
     library's INFO lines, with time and logger name."""
     if verbose:
         logging.basicConfig(
@@ -59,6 +61,10 @@ def configure_console(verbose: bool) -> None:
         handler.setFormatter(_ConsoleFormatter("%(message)s"))
         package.addHandler(handler)
     package.setLevel(logging.INFO)  # still propagates: a handler on the root sees it too
+    # Read by huggingface_hub when transformers is first imported (later in the command).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (a test process): switch them off now
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -62,7 +62,8 @@ def test_train_and_quickstart_take_verbose():
     assert parser.parse_args(["quickstart"]).verbose is False
 
 
-def test_quiet_console_shows_the_package_lines_on_stdout(capsys):
+def test_quiet_console_shows_the_package_lines_on_stdout(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # what quiet sets: undone after
     configure_console(verbose=False)
     configure_console(verbose=False)  # twice: still one handler
     log = logging.getLogger("rlrt_megatron.trainer.loop")
