@@ -195,6 +195,7 @@ def _two_rank_worker(rank: int, out_dir: str, ckpt_dir: str) -> None:
             draws_after_tp2_save = _draw_random()
         _train_step(model, optimizer, scheduler, tokens[1])
         continued = _weights(model)
+        scheduler_steps = scheduler.num_steps  # before the reload below
         if tag == "tp2":
             export_hf_folder(model, out / "hf_tp2_step2")
             export_hf_folder(model, out / "hf_tp2_step2_sharded", max_shard_bytes=40_000)
@@ -215,7 +216,7 @@ def _two_rank_worker(rank: int, out_dir: str, ckpt_dir: str) -> None:
                     "same_random_draws": same_draws,
                     "restored_across_layouts": restored_across_layouts,
                     "trainer_rng_resumed": trainer_rng_resumed,
-                    "scheduler_steps": scheduler.num_steps,
+                    "scheduler_steps": scheduler_steps,
                 },
                 out / f"{tag}.pt",
             )
