@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from rlrt_megatron.atomic_files import atomic_write_text
 from rlrt_megatron.errors import ConfigError  # defined with the other user-facing errors
 
 T = TypeVar("T")
@@ -257,9 +258,4 @@ def to_dict(config: Any) -> Any:
 
 def save_config(config: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically: a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

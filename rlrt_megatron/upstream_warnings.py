@@ -29,6 +29,13 @@ Dependency-free (standard library only), so any layer may install the filters.
    messages are dropped only under a CPU build of torch (the CPU stack, for which no Transformer
    Engine build exists); with a CUDA build they stay, since there they report a missing install
    that FP8 / context parallel need (`rlrt check-env` says the same).
+
+3. Ray (2.60) logs a WARNING at every ``ray.init`` that starts a local cluster with a stored
+   token: "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to
+   opt out ...". It reports its default, secure setting (the one this project wants), once per
+   run, on the console of every `rlrt train`. Dropped by its exact opening text on its logger
+   (`RAY_AUTH_LOGGER`) when the console is quiet (`init_ray(quiet=True)`); the opposite
+   warning ("Token authentication is *disabled*", a real exposure) always stays.
 """
 
 from __future__ import annotations
@@ -55,6 +62,33 @@ TE_APEX_WARNINGS = (
 )
 # Where those warnings are raised: megatron-core's modules and mbridge's model files.
 _WARNING_MODULES = r"(megatron|mbridge)(\..*)?\Z"
+
+
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+RAY_AUTH_ENABLED = "Token authentication is enabled for this Ray cluster."
+
+
+class MessagePrefixFilter(logging.Filter):
+    """Drops the records whose message starts with one of ``prefixes``; passes the others."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is not ours to judge: let logging report it
+            return True
+        return not message.startswith(self.prefixes)
+
+
+def silence_ray_auth_notice() -> None:
+    """Drop Ray's "token authentication is enabled" notice (item 3 of the module docstring);
+    idempotent."""
+    logger = logging.getLogger(RAY_AUTH_LOGGER)
+    if not any(isinstance(f, MessagePrefixFilter) for f in logger.filters):
+        logger.addFilter(MessagePrefixFilter(RAY_AUTH_ENABLED))
 
 
 class UnloadedLayerFilter(logging.Filter):

@@ -11,11 +11,14 @@ import pytest
 
 from rlrt_megatron.upstream_warnings import (
     APEX_NORM_WARNING,
+    RAY_AUTH_ENABLED,
+    RAY_AUTH_LOGGER,
     TE_APEX_WARNINGS,
     VLLM_RELOAD_LOGGER,
     UnloadedLayerFilter,
     install_weight_reload_filter,
     silence_megatron_fallback_warnings,
+    silence_ray_auth_notice,
 )
 
 
@@ -150,3 +153,25 @@ def test_real_megatron_imports_are_quiet_after_our_package():
         assert text in bare
     quiet = _import_stderr(f"import rlrt_megatron.megatron; {imports}")
     assert "Apex" not in quiet, quiet
+
+
+def test_ray_auth_notice_is_dropped_and_the_disabled_warning_kept():
+    """Ray's own functions log through the filtered logger: the 'enabled' notice goes, the
+    'disabled' warning (a real exposure) stays; installing twice adds one filter."""
+    from ray._private.authentication import authentication_token_setup as setup
+
+    assert setup.logger.name == RAY_AUTH_LOGGER
+    capture = _Capture()
+    setup.logger.addHandler(capture)
+    try:
+        silence_ray_auth_notice()
+        silence_ray_auth_notice()
+        setup._warn_token_auth_enabled()
+        setup._warn_token_auth_disabled()
+    finally:
+        setup.logger.removeHandler(capture)
+        for existing in list(setup.logger.filters):
+            setup.logger.removeFilter(existing)
+    assert len(capture.messages) == 1
+    assert capture.messages[0].startswith("Token authentication is disabled")
+    assert not any(m.startswith(RAY_AUTH_ENABLED) for m in capture.messages)

@@ -381,19 +381,10 @@ def check_budget(trajectories: list[Trajectory], max_tokens: int) -> None:
 
 
 def write_atomically(path: Path, text: str | bytes) -> None:
-    """Write a temporary file next to ``path``, then rename it over ``path``."""
-    import os
-    import tempfile
+    """Replace ``path`` in one step (`rlrt_megatron.atomic_files.atomic_write`)."""
+    from rlrt_megatron.atomic_files import atomic_write
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)
 
 
 def save_figure(figure: Any, path: Path) -> None:

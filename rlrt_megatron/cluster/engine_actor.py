@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlrt_megatron.cluster.actor_logs import redirect_output
 from rlrt_megatron.rollout import EngineConfig, Sample, SamplingConfig, VLLMEngine, WeightBucket
 from rlrt_megatron.transport.manifest import WeightManifest
 
@@ -12,7 +13,8 @@ class EngineActor:
     """Owns one engine for the actor's lifetime. Calls run one at a time (max_concurrency 1), so a
     weight update never interleaves with a generation and every sample's version is exact."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, log_file: str | None = None) -> None:
+        redirect_output(log_file)  # first: vLLM's start-up goes to the run's logs/ too
         self.engine = VLLMEngine(config)
 
     def status(self) -> dict[str, Any]:

@@ -207,6 +207,8 @@ class EnginePool:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from rlrt_megatron.cluster.actor_logs import actor_log_file
+
         bundle = self.config.bundle()
         return (
             ray.remote(EngineActor)
@@ -220,23 +222,27 @@ class EnginePool:
                     placement_group_bundle_index=self._bundle_indices[index],
                 ),
             )
-            .remote(self.config.engine)
+            .remote(self.config.engine, actor_log_file(f"engine_{index}"))
         )
 
     def _await_started(self, indices) -> list[dict[str, Any]]:
         import ray
 
+        from rlrt_megatron.cluster.actor_logs import actor_log_file
+
         indices = list(indices)
         refs = [self._engines[i].status.remote() for i in indices]
         statuses = []
         for i, ref in zip(indices, refs, strict=True):
+            log = actor_log_file(f"engine_{i}")
+            see = "" if log is None else f" (its output: {log})"
             try:
                 statuses.append(ray.get(ref, timeout=self.config.start_timeout_s))
             except ray.exceptions.RayActorError as e:
-                raise EngineStartError(f"engine {i} failed to start: {e}") from e
+                raise EngineStartError(f"engine {i} failed to start{see}: {e}") from e
             except ray.exceptions.GetTimeoutError:
                 raise EngineStartError(
-                    f"engine {i} did not start within {self.config.start_timeout_s} s"
+                    f"engine {i} did not start within {self.config.start_timeout_s} s{see}"
                 ) from None
         return statuses
 
@@ -469,11 +475,7 @@ class EnginePool:
                 raise ValueError(f"tensor {name!r} appears twice in one weight sync")
             self._manifest.check(name, tuple(shape))
             seen.add(name)
-        if missing := self._manifest.missing(seen):
-            raise ValueError(
-                f"the weight stream lacks {len(missing)} of the model's tensors, e.g."
-                f" {missing[:3]}; a sync must carry the full model"
-            )
+        self._manifest.require_complete(seen)
 
     def _next_version(self, version: int | None) -> int:
         self._check_weights_awake()
@@ -543,11 +545,8 @@ class EnginePool:
             self._manifest.check(name, tuple(tensor.shape))
             seen.add(name)
             yield name, tensor
-        if seen and (missing := self._manifest.missing(seen)):
-            raise ValueError(
-                f"the weight stream lacks {len(missing)} of the model's tensors, e.g."
-                f" {missing[:3]}; a sync must carry the full model"
-            )
+        if seen:
+            self._manifest.require_complete(seen)
 
     def shutdown(self) -> None:
         import ray

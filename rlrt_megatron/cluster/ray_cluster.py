@@ -16,14 +16,30 @@ class RayConfig:
     on loopback only."""
 
 
-def init_ray(config: RayConfig | None = None) -> None:
-    """Connect to (or start) Ray once per process; a second call is a no-op."""
+def init_ray(config: RayConfig | None = None, *, quiet: bool = False) -> None:
+    """Connect to (or start) Ray once per process; a second call is a no-op.
+
+    ``quiet`` (`rlrt train` / `rlrt quickstart` without ``--verbose``): the actors' output is not
+    forwarded to this console (the run's actors write theirs to ``<run_dir>/logs/``:
+    `rlrt_megatron.cluster.actor_logs`; Ray keeps its own copy under its session folder) and
+    Ray's own INFO lines ("Started a local Ray instance") and its token-auth notice
+    (`rlrt_megatron.upstream_warnings`) are not shown."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return
+    if quiet:
+        from rlrt_megatron.upstream_warnings import silence_ray_auth_notice
+
+        silence_ray_auth_notice()
     config = config or RayConfig()
-    kwargs = dict(include_dashboard=config.include_dashboard, log_to_driver=True)
+    kwargs = dict(
+        include_dashboard=config.include_dashboard,
+        log_to_driver=not quiet,
+        logging_level=logging.WARNING if quiet else logging.INFO,
+    )
     if config.include_dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
     if config.address is None:

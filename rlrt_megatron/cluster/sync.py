@@ -108,8 +108,7 @@ def publish_buckets(
 
     stream = iter(named_tensors)
     if not publish:
-        for _ in stream:
-            pass
+        drain(stream)
         return None
     tensors: list[tuple[str, tuple[int, ...]]] = []
     refs: list[Any] = []
@@ -121,20 +120,25 @@ def publish_buckets(
             refs.append(ray.put(bucket))  # the bucket leaves this process's heap here
             counts.append(len(bucket.tensors))
             sizes.append(bucket.nbytes)
-        if manifest is not None and (missing := manifest.missing({n for n, _ in tensors})):
-            raise ValueError(
-                f"the exported weights lack {len(missing)} of the engines' tensors, e.g."
-                f" {missing[:3]}"
-            )
+        if manifest is not None:
+            manifest.require_complete({n for n, _ in tensors})
         if not refs:
             raise ValueError("the policy exported no weights")
     except Exception as e:  # keep stepping through the export with the other ranks first
         error = e
-    for _ in stream:
-        pass
+    drain(stream)
     if error is not None:
         raise error
     return PackedWeights(refs=refs, bucket_tensors=counts, bucket_nbytes=sizes, tensors=tensors)
+
+
+def drain(stream: Iterator[Any]) -> None:
+    """Step through the rest of a rank's weight export, discarding it. The export runs
+    collectives (TP/PP gathers) at every tensor, so every rank must step through all of it, in
+    order, whatever it does with the tensors: a rank that stops early (it has nothing to send,
+    or its packing failed) would leave the others waiting in a collective."""
+    for _ in stream:
+        pass
 
 
 def _checked(
@@ -383,8 +387,7 @@ def broadcast_policy_weights(
 
     stream = iter(actor.export_hf_weights())
     if dist.get_rank() != PACKING_RANK:
-        for _ in stream:
-            pass
+        drain(stream)
         return None
     group = _SENDER_GROUPS[group_name]
     device = (
@@ -399,8 +402,7 @@ def broadcast_policy_weights(
     try:
         return broadcast_buckets(group, buckets, device)
     finally:
-        for _ in stream:  # the other ranks are inside the export's collectives
-            pass
+        drain(stream)  # the other ranks are inside the export's collectives
 
 
 def _complete(
@@ -411,10 +413,8 @@ def _complete(
     """``stream``, then a check that it carried every tensor of ``manifest`` (raised inside the
     transport's loop, so that the receivers are told to abort)."""
     yield from stream
-    if manifest is not None and (missing := manifest.missing({n for n, _ in layout})):
-        raise ValueError(
-            f"the exported weights lack {len(missing)} of the engines' tensors, e.g. {missing[:3]}"
-        )
+    if manifest is not None:
+        manifest.require_complete({n for n, _ in layout})
     if not layout:
         raise ValueError("the policy exported no weights")
 
@@ -437,8 +437,7 @@ def share_policy_weights(
     stream = iter(actor.export_hf_weights())
     engine = engines.get(dist.get_rank())
     if engine is None:
-        for _ in stream:
-            pass
+        drain(stream)
         return None
     device = torch.device("cuda", torch.cuda.current_device())
     layout: list[tuple[str, tuple[int, ...]]] = []
@@ -456,6 +455,5 @@ def share_policy_weights(
             del flat
         torch.cuda.ipc_collect()
     finally:
-        for _ in stream:
-            pass
+        drain(stream)
     return sent[0], sent[1], sent[2]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rlrt_megatron.cluster.actor_logs import actor_log_file, redirect_output
 from rlrt_megatron.store_auth import SECRET_ENV, new_secret
 
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
@@ -47,7 +48,10 @@ class WorkerGroupConfig:
 class RankWorker:
     """One rank: holds one object (built by a picklable factory) and runs calls on it."""
 
-    def __init__(self, rank: int, world_size: int, env: dict[str, str]) -> None:
+    def __init__(
+        self, rank: int, world_size: int, env: dict[str, str], log_file: str | None = None
+    ) -> None:
+        redirect_output(log_file)  # first: megatron's and torch's output goes to the run's logs/
         os.environ.update(env)
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size))
         self.rank = rank
@@ -139,7 +143,7 @@ class WorkerGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=placement_group, placement_group_bundle_index=index
                 ),
-            ).remote(rank, n, dict(config.env))
+            ).remote(rank, n, dict(config.env), actor_log_file(f"rank_{rank}"))
             for rank, index in enumerate(indices)
         ]
         ips = self._gather([w.node_ip.remote() for w in self.workers])
@@ -176,8 +180,10 @@ class WorkerGroup:
                 results.append(ray.get(ref))
             except Exception as error:  # RayTaskError / RayActorError wrap the rank's failure
                 cause = getattr(error, "cause", None) or error
+                log = actor_log_file(f"rank_{rank}")
+                see = "" if log is None else f" (its output: {log})"
                 raise WorkerGroupError(
-                    f"rank {rank} failed: {type(cause).__name__}: {cause}"
+                    f"rank {rank} failed{see}: {type(cause).__name__}: {cause}"
                 ) from error
         return results
 

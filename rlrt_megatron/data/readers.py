@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rlrt_megatron.atomic_files import atomic_write_text
 from rlrt_megatron.data.records import (
     DatasetError,
     OnBadRow,
@@ -198,11 +199,4 @@ def _parquet_record(row: dict[str, Any], *, index: int) -> PromptRecord:
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Write ``rows`` as jsonl (one object per line, UTF-8), atomically via a temporary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from rlrt_megatron.algorithms.metrics import default_ks, results_row
+from rlrt_megatron.atomic_files import atomic_write_text
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "results.md"
@@ -74,11 +75,7 @@ def compute_results(
 
 
 def write_results(output: Path, results: dict[str, Any]) -> Path:
-    path = output / RESULTS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(output / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
 
 
 def read_results(folder: Path) -> tuple[str, dict[str, Any]]:

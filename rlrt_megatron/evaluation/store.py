@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rlrt_megatron.atomic_files import atomic_write_text
+
 SETTINGS_FILE = "settings.json"
 SAMPLES_FILE = "samples.jsonl"
 # Recorded for the report, but free to change between runs of one folder.
@@ -107,16 +109,8 @@ def append_samples(output: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _rewrite(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(value, indent=2, default=str) + "\n")

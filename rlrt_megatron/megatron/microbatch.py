@@ -1,9 +1,11 @@
-"""Token-budget micro-batching and padding for the actor's forward passes (pure Python/torch).
+"""The model inputs of one micro-batch of the actor's forward passes (pure Python/torch).
 
 RL batches mix short and long sequences (and the teacher view of a rollout is longer than its
 student view by the whole context). Cutting a batch into micro-batches of a fixed *number of
 sequences* wastes most of each padded micro-batch on pad tokens; cutting by a *token budget*
-after sorting by length keeps every micro-batch about equally expensive and nearly pad-free.
+after sorting by length keeps every micro-batch about equally expensive and nearly pad-free:
+:func:`rlrt_megatron.megatron.forward.plan_microbatches` does that cutting (rollouts with their
+teacher views); this module lays the chosen sequences out.
 
 Responses are aligned at the tail of their sequences (prompt ⊕ response): the logit at position
 p predicts token p + 1, so a sequence with prompt length P scores its response at logit positions
@@ -23,54 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-
-
-def token_budget_microbatches(
-    lengths: Sequence[int],
-    max_tokens: int,
-    *,
-    pad_to_multiple_of: int = 1,
-    max_sequences: int | None = None,
-) -> list[list[int]]:
-    """Group sequence indices into micro-batches whose *padded* size fits ``max_tokens``.
-
-    Sequences are sorted by length (longest first) and packed greedily; a micro-batch's cost is
-    (number of sequences) × (its longest length rounded up to ``pad_to_multiple_of``). Each
-    micro-batch lists original indices; every index appears exactly once. A single sequence
-    longer than the budget is an error (it cannot be split without changing the model's input).
-    """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    if pad_to_multiple_of < 1:
-        raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
-    if max_sequences is not None and max_sequences < 1:
-        raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
-
-    def padded(n: int) -> int:
-        return -(-n // pad_to_multiple_of) * pad_to_multiple_of
-
-    for i, n in enumerate(lengths):
-        if n < 1:
-            raise ValueError(f"sequence {i} has length {n}; every sequence needs a token")
-        if padded(n) > max_tokens:
-            raise ValueError(
-                f"sequence {i} has {n} tokens (padded {padded(n)}), more than the micro-batch "
-                f"token budget {max_tokens}: raise the budget or shorten the sequence"
-            )
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        # Sorted longest first, so the first member sets the micro-batch's padded length.
-        width = padded(lengths[current[0]]) if current else padded(lengths[i])
-        full = max_sequences is not None and len(current) >= max_sequences
-        if current and ((len(current) + 1) * width > max_tokens or full):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 class _Sizes:
@@ -244,26 +198,3 @@ def pad_sequences(
         response_start=torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long),
         response_len=torch.tensor([len(r) for r in responses], dtype=torch.long),
     )
-
-
-def gather_response(values: torch.Tensor, batch: PaddedBatch, fill: float = 0.0) -> torch.Tensor:
-    """Per-position values [B, S, ...] → the response positions [B, T_max, ...], left-aligned.
-
-    Row b takes positions [start_b, start_b + len_b); positions past a row's length get ``fill``.
-    """
-    b, s = values.shape[:2]
-    t = batch.max_response_len
-    offsets = torch.arange(t, device=values.device)
-    index = batch.response_start.to(values.device).unsqueeze(1) + offsets  # [B, T]
-    valid = offsets < batch.response_len.to(values.device).unsqueeze(1)
-    index = torch.where(valid, index, torch.zeros_like(index)).clamp(max=s - 1)
-    gather_index = index.view(b, t, *([1] * (values.dim() - 2))).expand(b, t, *values.shape[2:])
-    out = values.gather(1, gather_index)
-    mask = valid.view(b, t, *([1] * (values.dim() - 2)))
-    return torch.where(mask, out, torch.full_like(out, fill))
-
-
-def response_mask(batch: PaddedBatch) -> torch.Tensor:
-    """[B, T_max] bool: True on real response tokens."""
-    t = batch.max_response_len
-    return torch.arange(t).unsqueeze(0) < batch.response_len.unsqueeze(1)

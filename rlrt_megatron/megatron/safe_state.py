@@ -25,7 +25,6 @@ import base64
 import io
 import json
 import math
-import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from rlrt_megatron.atomic_files import atomic_write_text
 
 
 class UnsafeStateError(ValueError):
@@ -126,16 +127,8 @@ def decode_state(data: Any) -> Any:
 
 
 def save_state(value: dict[str, Any], path: str | Path) -> Path:
-    """Write ``value`` as a JSON state file (via a temporary file and ``os.replace``)."""
-    path = Path(path)
-    text = json.dumps(encode_state(value), separators=(",", ":"))
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write ``value`` as a JSON state file (atomically: `rlrt_megatron.atomic_files`)."""
+    return atomic_write_text(path, json.dumps(encode_state(value), separators=(",", ":")))
 
 
 def load_state(path: str | Path) -> Any:

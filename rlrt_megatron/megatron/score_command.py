@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from rlrt_megatron.atomic_files import atomic_write_text
 from rlrt_megatron.command_registry import register_command
 from rlrt_megatron.errors import CommandError
 from rlrt_megatron.megatron.score_inputs import (
@@ -104,16 +103,8 @@ def _score_worker(
 
 
 def _write_atomically(path: Path, lines: list[str]) -> None:
-    """Write to a temporary file next to ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(line + "\n" for line in lines)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """One line each, atomically (`rlrt_megatron.atomic_files`): readers never see half a file."""
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def _add_score_arguments(parser: argparse.ArgumentParser) -> None:

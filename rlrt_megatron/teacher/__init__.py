@@ -1,19 +1,14 @@
-"""Teacher view construction: peer selection, privileged-context prompts, token alignment."""
+"""Teacher view construction: peer selection and privileged-context prompts.
 
-from rlrt_megatron.teacher.alignment import (
-    build_view,
-    gather_response_logprobs,
-    response_logit_positions,
-)
+(The student and teacher views score the same response tokens, aligned at the tail of each
+sequence: `rlrt_megatron.megatron.microbatch` lays them out.)"""
+
 from rlrt_megatron.teacher.peers import select_peers
 from rlrt_megatron.teacher.templates import GROUND_TRUTH_TEMPLATE, PEER_TEMPLATE, teacher_prompt
 
 __all__ = [
     "GROUND_TRUTH_TEMPLATE",
     "PEER_TEMPLATE",
-    "build_view",
-    "gather_response_logprobs",
-    "response_logit_positions",
     "select_peers",
     "teacher_prompt",
 ]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlrt_megatron.atomic_files import atomic_write_text
 from rlrt_megatron.cluster.agreement import logprob_agreement
 from rlrt_megatron.configuration import save_config
 from rlrt_megatron.data.templating import encode_chat
@@ -332,19 +333,25 @@ def _older_checkpoints(run_dir: Path, than: Path) -> list[Path]:
     return older
 
 
-def train(config: RunConfig, checked: Preflight | None = None) -> dict[str, Any]:
+def train(
+    config: RunConfig, checked: Preflight | None = None, *, verbose: bool = False
+) -> dict[str, Any]:
     """Run (or resume) a training run; returns the summary also written to ``summary.json``.
 
     Pre-emption signals (SIGTERM, SIGUSR1) are caught from the first line: one that arrives
     during start-up stops the run before its first step, one during training after the current
     step's checkpoint; either way the final evaluation is skipped (Slurm's grace window is short)
     and the summary says where the run stopped. ``checked``: the result of `preflight` when the
-    caller ran it already (otherwise it runs here, before anything starts)."""
+    caller ran it already (otherwise it runs here, before anything starts). Unless ``verbose``,
+    the engines' and ranks' output goes to ``<run_dir>/logs/`` instead of the console."""
     with PreemptionHandler() as stop:
-        return _train(config, stop, checked)
+        return _train(config, stop, checked, verbose)
 
 
-def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None) -> dict[str, Any]:
+def _train(
+    config: RunConfig, stop: PreemptionHandler, checked: Preflight | None, verbose: bool = False
+) -> dict[str, Any]:
+    from rlrt_megatron.cluster.actor_logs import LOGS_SUBDIR, actor_logs
     from rlrt_megatron.cluster.ray_cluster import init_ray
 
     started = time.time()
@@ -370,9 +377,19 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
     batches = prompt_batches(train_prompts, config.data.prompts_per_step, config.data.seed)
     generator = torch.Generator().manual_seed(config.trainer.seed)
 
-    init_ray(config.ray)
+    init_ray(config.ray, quiet=not verbose)
+    logs = None if verbose else run_dir / LOGS_SUBDIR
+    logger.info(
+        "run folder %s; starting the engines and trainer ranks (their logs: %s)",
+        run_dir,
+        "this console (--verbose)" if logs is None else f"{logs}/",
+    )
     placing = time.perf_counter()
-    with RewardPool.from_config(config.reward) as rewards, build_placement(config) as placement:
+    with (
+        actor_logs(logs),
+        RewardPool.from_config(config.reward) as rewards,
+        build_placement(config) as placement,
+    ):
         placed = time.perf_counter() - placing  # engines and ranks up (start-up's largest part)
         run = _Run(placement, rewards, tokenizer)
         feed = RolloutFeed(config, placement.engines, batches)
@@ -394,6 +411,7 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
             summary["skipped_checkpoints"] = {str(p): why for p, why in checked.skipped_checkpoints}
         before_file = run_dir / "eval_before.json"  # kept so that a resumed run can pair
         if eval_prompts and state.step == 0 and not stop.should_stop:
+            logger.info("evaluating before training: %d held-out problems", len(eval_prompts))
             metrics, per_prompt = evaluate_per_prompt(
                 run.engines, rewards, eval_prompts, eval_sampling
             )
@@ -454,6 +472,7 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
         if stop.should_stop and not summary.get("preempted"):  # no step was left to run
             _note_preemption(summary, stop, max(state.step, config.trainer.steps))
         if eval_prompts and not summary.get("preempted"):
+            logger.info("evaluating after training: %d held-out problems", len(eval_prompts))
             summary["eval_after"], after = evaluate_per_prompt(
                 run.engines, rewards, eval_prompts, eval_sampling
             )
@@ -477,7 +496,6 @@ def _train(config: RunConfig, stop: PreemptionHandler, checked: Preflight | None
         summary["eval_accuracy_before"] = summary["eval_before"]["accuracy"]
     if "eval_after" in summary:
         summary["eval_accuracy_after"] = summary["eval_after"]["accuracy"]
-    staging = run_dir / "summary.json.tmp"  # replaced in one step: a kill never tears it
-    staging.write_text(json.dumps(summary, indent=2, default=str))
-    staging.replace(run_dir / "summary.json")
+    # Replaced in one step: a kill never tears it.
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary

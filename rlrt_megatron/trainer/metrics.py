@@ -19,7 +19,16 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-CONSOLE_KEYS = ("reward/mean", "reward/accuracy", "loss", "grad_norm", "lambda", "time/step")
+CONSOLE_LABELS = {
+    "reward/mean": "reward",
+    "reward/accuracy": "accuracy",
+    "update/loss": "loss",
+    "update/grad_norm": "grad_norm",
+    "lambda": "lambda",
+    "time/step": "s/step",
+}
+"""The progress bar's metrics (keys that `rl_step` emits) and the names it shows them by."""
+CONSOLE_KEYS = tuple(CONSOLE_LABELS)
 
 
 class MetricsLogger:
@@ -61,7 +70,9 @@ class MetricsLogger:
             self._writer.flush()
         if self._bar is not None:
             shown = {
-                k.split("/")[-1]: f"{record[k]:.4g}" for k in CONSOLE_KEYS if _is_num(record.get(k))
+                label: f"{record[k]:.4g}"
+                for k, label in CONSOLE_LABELS.items()
+                if _is_num(record.get(k))
             }
             self._bar.set_postfix(shown, refresh=False)
             self._bar.update(1)

@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlrt_megatron.atomic_files import atomic_write_text
 from rlrt_megatron.configuration import (
     ConfigError,
     deep_merge,
@@ -25,6 +26,8 @@ from rlrt_megatron.configuration import (
     read_yaml,
 )
 from rlrt_megatron.trainer.warmup import WarmupConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +74,7 @@ def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
     base = work_dir / "base_model"
     if not (base / "model.safetensors").exists():
         m = quick.model
+        logger.info("quickstart: building a tiny Qwen3 and its tokenizer in %s", base)
         build_tiny_qwen3(
             base,
             hidden_size=m.hidden_size,
@@ -95,28 +99,38 @@ def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
             levels=tuple(t.levels),
         )
         lines = train_file.read_text().splitlines(keepends=True)
-        _write_atomically(sft_file, "".join(lines[: t.num_train]))
-        _write_atomically(rl_file, "".join(lines[t.num_train :] if t.num_rl else lines))
+        atomic_write_text(sft_file, "".join(lines[: t.num_train]))
+        atomic_write_text(rl_file, "".join(lines[t.num_train :] if t.num_rl else lines))
+        logger.info(
+            "quickstart: %d SFT, %d RL and %d held-out arithmetic problems in %s",
+            t.num_train,
+            t.num_rl or t.num_train,
+            t.num_test,
+            data,
+        )
     warm = work_dir / "warm_model"
     if not (warm / "model.safetensors").exists():
         records, _ = read_jsonl(sft_file)
         pairs = [(r.question, r.solution) for r in records if r.solution]
-        sft_warmup(base, warm, pairs, quick.warmup)
+        logger.info(
+            "quickstart: SFT warm-up, %d steps on %d worked solutions",
+            quick.warmup.steps,
+            len(pairs),
+        )
+        result = sft_warmup(base, warm, pairs, quick.warmup)
+        logger.info("quickstart: warm-up done in %.0f s (written to %s)", result.seconds, warm)
     return warm, rl_file, test_file
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
-
-
-def run_quickstart(config_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+def run_quickstart(
+    config_path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, verbose: bool = False
+) -> dict:
     """The whole quickstart; returns the summary written to ``<run_dir>/summary.json``.
 
     ``config_path`` holds a `RunConfig` plus a ``quickstart:`` section (`QuickstartConfig`);
     ``overrides`` may address both (``quickstart.warmup.steps=100``, ``trainer.steps=5``). The
-    model path and data files of the run are filled in by the quickstart itself.
+    model path and data files of the run are filled in by the quickstart itself. ``verbose``:
+    the engines' and ranks' output on the console instead of ``<run_dir>/logs/`` (`train`).
     """
     from rlrt_megatron.trainer.config import RunConfig
     from rlrt_megatron.trainer.loop import train
@@ -137,7 +151,9 @@ def run_quickstart(config_path: str | Path, overrides: list[str] | tuple[str, ..
         run_config = from_dict(RunConfig, tree)
     except ConfigError as error:
         raise ConfigError(f"{config_path}: {error}") from None
-    summary = train(run_config)
+    summary = train(run_config, verbose=verbose)
     summary["seconds_total"] = time.time() - started
-    (run_config.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(
+        run_config.run_dir / "summary.json", json.dumps(summary, indent=2, default=str)
+    )
     return summary

@@ -269,8 +269,9 @@ def build_placement(config: RunConfig) -> Placement:
 
 
 def save_on_rank(actor: Any, run_dir: str, step: int, extra: dict, keep_last: int | None) -> str:
-    """Collective checkpoint save of one rank's shards (model, optimizer, scheduler)."""
-    from rlrt_megatron.megatron.checkpoint import save_checkpoint
+    """Collective checkpoint save of one rank's shards (model, optimizer, scheduler) and of its
+    RNG state (Python, NumPy, torch CPU/CUDA, megatron's model-parallel stream: dropout)."""
+    from rlrt_megatron.megatron.checkpoint import RNG_KEY, capture_rng_state, save_checkpoint
 
     path = save_checkpoint(
         run_dir,
@@ -279,6 +280,7 @@ def save_on_rank(actor: Any, run_dir: str, step: int, extra: dict, keep_last: in
         actor.optimizer,
         actor.scheduler,
         extra=extra,
+        rank_extra={RNG_KEY: capture_rng_state()},
         keep_last=keep_last,
     )
     return str(path)
@@ -292,10 +294,12 @@ def export_hf_on_rank(actor: Any, out_dir: str) -> str:
 
 
 def load_on_rank(actor: Any, path: str) -> dict:
-    """Collective checkpoint load into one rank; returns the trainer's ``extra`` state."""
-    from rlrt_megatron.megatron.checkpoint import load_checkpoint
+    """Collective checkpoint load into one rank (its RNG state too, when saved at this layout:
+    `restore_rank_rng`); returns the trainer's ``extra`` state."""
+    from rlrt_megatron.megatron.checkpoint import load_checkpoint, restore_rank_rng
 
     loaded = load_checkpoint(path, actor.model, actor.optimizer, actor.scheduler)
+    restore_rank_rng(loaded)
     return dict(loaded.extra, step=loaded.step)
 
 

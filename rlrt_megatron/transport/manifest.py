@@ -34,6 +34,15 @@ class WeightManifest:
     def missing(self, names: set[str]) -> list[str]:
         return sorted(set(self.shapes) - self.optional - names)
 
+    def require_complete(self, names: set[str]) -> None:
+        """Raise ValueError unless ``names`` (what a sync carried) covers every required tensor:
+        the one check of every transport (object store, broadcast, CUDA IPC, the pool's own)."""
+        if missing := self.missing(names):
+            raise ValueError(
+                f"the weight stream lacks {len(missing)} of the model's tensors, e.g."
+                f" {missing[:3]}; a sync must carry the full model"
+            )
+
 
 def checkpoint_manifest(model_path: str | Path) -> WeightManifest:
     """Names and shapes of a Hugging Face checkpoint folder, from its safetensors headers only."""

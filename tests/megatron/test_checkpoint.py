@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -144,10 +145,12 @@ def _two_rank_worker(rank: int, out_dir: str, ckpt_dir: str) -> None:
         export_hf_folder,
         find_latest,
         load_checkpoint,
+        restore_rank_rng,
         restore_rng_state,
         save_checkpoint,
     )
     from rlrt_megatron.megatron.parallel import destroy_parallel
+    from rlrt_megatron.trainer.stack import load_on_rank, save_on_rank
 
     out = Path(out_dir)
     tokens = torch.load(out / "tokens.pt")
@@ -180,17 +183,28 @@ def _two_rank_worker(rank: int, out_dir: str, ckpt_dir: str) -> None:
         loaded = load_checkpoint(find_latest(out / "run_dp2"), model, optimizer, scheduler)
         after_load = _weights(model)
         lr_after_load = optimizer.param_groups[0]["lr"]
+        # The trainer restores the ranks' RNG only at the layout it was saved at (DP=2 here).
+        restored_across_layouts = restore_rank_rng(loaded)
         restore_rng_state(loaded.rank_extra["rng"])
         same_draws = all(
             torch.equal(a, b) for a, b in zip(_draw_random(), draws_after_save, strict=True)
         )
-        if tag == "tp2":
-            save_checkpoint(out / "run_tp2", 1, model, optimizer, scheduler, extra=loaded.extra)
+        if tag == "tp2":  # the trainer's own save: each rank's RNG state goes in too
+            actor = SimpleNamespace(model=model, optimizer=optimizer, scheduler=scheduler)
+            save_on_rank(actor, str(out / "run_tp2"), 1, loaded.extra, None)
+            draws_after_tp2_save = _draw_random()
         _train_step(model, optimizer, scheduler, tokens[1])
         continued = _weights(model)
+        scheduler_steps = scheduler.num_steps  # before the reload below
         if tag == "tp2":
             export_hf_folder(model, out / "hf_tp2_step2")
             export_hf_folder(model, out / "hf_tp2_step2_sharded", max_shard_bytes=40_000)
+        trainer_rng_resumed = None
+        if tag == "tp2":  # same layout: the trainer's load puts each rank's RNG state back
+            load_on_rank(actor, str(find_latest(out / "run_tp2")))
+            trainer_rng_resumed = all(
+                torch.equal(a, b) for a, b in zip(_draw_random(), draws_after_tp2_save, strict=True)
+            )
         if rank == 0:
             torch.save(
                 {
@@ -200,7 +214,9 @@ def _two_rank_worker(rank: int, out_dir: str, ckpt_dir: str) -> None:
                     "rank_extra": loaded.rank_extra,
                     "lr_after_load": lr_after_load,
                     "same_random_draws": same_draws,
-                    "scheduler_steps": scheduler.num_steps,
+                    "restored_across_layouts": restored_across_layouts,
+                    "trainer_rng_resumed": trainer_rng_resumed,
+                    "scheduler_steps": scheduler_steps,
                 },
                 out / f"{tag}.pt",
             )
@@ -351,6 +367,10 @@ def test_dp2_checkpoint_loads_at_other_model_parallel_layouts(runs, layout):
     assert result["extra"] == {"step": 1, "lambda_step": 3, "data_position": 17}
     assert result["rank_extra"]["rank"] == 0  # same world size (2): per-rank state restored
     assert result["same_random_draws"]  # RNG streams resume where the save left them
+    assert result["restored_across_layouts"] is False  # the trainer keeps fresh seeds then
+    # The trainer's save_on_rank / load_on_rank at one layout (TP=2): every rank's Python,
+    # NumPy, torch and megatron-tracker draws after the load equal those after the save.
+    assert result["trainer_rng_resumed"] is (True if layout == "tp2" else None)
     assert result["scheduler_steps"] == 2  # restored at 1, then one step
     assert result["lr_after_load"] == pytest.approx(ADAMW["lr"] / 2)  # warmup 2 steps, step 1
 

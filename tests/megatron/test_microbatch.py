@@ -1,64 +1,44 @@
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlrt_megatron.megatron.microbatch import (
-    gather_response,
-    pad_sequences,
-    response_mask,
-    token_budget_microbatches,
-)
-
-
-def test_greedy_packing_hand_computed():
-    # Longest first: 8 alone (2·8 > 10); 5 + 3 fill 2·5 = 10; 2 starts a new one (3·5 > 10).
-    assert token_budget_microbatches([5, 3, 8, 2], max_tokens=10) == [[2], [0, 1], [3]]
-    assert token_budget_microbatches([5, 3, 8, 2], max_tokens=16, max_sequences=2) == [
-        [2, 0],
-        [1, 3],
-    ]
-    # Padding to a multiple of 4: 5 → 8, so 5 and 3 no longer fit in 10 together.
-    assert token_budget_microbatches([5, 3], max_tokens=10, pad_to_multiple_of=4) == [[0], [1]]
+from rlrt_megatron.megatron.forward import plan_microbatches
+from rlrt_megatron.megatron.microbatch import pad_sequences
 
 
 @settings(max_examples=100, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 40), min_size=1, max_size=30),
-    budget=st.integers(40, 200),
+    budget=st.integers(48, 200),
     multiple=st.sampled_from([1, 4, 8]),
 )
-def test_every_sequence_once_and_within_budget(lengths, budget, multiple):
-    batches = token_budget_microbatches(lengths, budget, pad_to_multiple_of=multiple)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for b in batches:
-        width = -(-max(lengths[i] for i in b) // multiple) * multiple
-        assert len(b) * width <= budget
+def test_every_rollout_once_and_within_budget(lengths, budget, multiple):
+    prompts = [[1]] * len(lengths)  # a sequence of n + 1 tokens, padded to the multiple
+    responses = [[2] * n for n in lengths]
+    batches = plan_microbatches(
+        range(len(lengths)),
+        prompts,
+        responses,
+        None,
+        max_tokens=budget,
+        pad_to_multiple_of=multiple,
+    )
+    assert sorted(r for mb in batches for r in mb.rows) == list(range(len(lengths)))
+    for mb in batches:
+        width = -(-max(lengths[r] + 1 for r in mb.rows) // multiple) * multiple
+        assert mb.inputs.input_ids.shape == (len(mb.rows), width)
+        assert mb.inputs.num_tokens <= budget
 
 
-def test_budget_errors():
-    with pytest.raises(ValueError, match="sequence 1 has 12 tokens"):
-        token_budget_microbatches([3, 12], max_tokens=10)
-    with pytest.raises(ValueError, match="sequence 0 has length 0"):
-        token_budget_microbatches([0], max_tokens=10)
-    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
-        token_budget_microbatches([1], max_tokens=0)
-
-
-def test_padding_and_tail_aligned_response_gather():
+def test_padding_and_tail_aligned_response_positions():
     batch = pad_sequences([[1, 2, 3], [4]], [[7, 8], [9, 9, 9]], pad_id=0, pad_to_multiple_of=4)
     assert batch.input_ids.tolist() == [[1, 2, 3, 7, 8, 0, 0, 0], [4, 9, 9, 9, 0, 0, 0, 0]]
-    assert batch.response_start.tolist() == [2, 0]
-    # values[b, p] = 10·b + p: the logit at position p predicts token p + 1.
-    values = (10 * torch.arange(2).unsqueeze(1) + torch.arange(8)).float()
-    out = gather_response(values, batch, fill=-1.0)
-    assert out.tolist() == [[2.0, 3.0, -1.0], [10.0, 11.0, 12.0]]
-    # Positions predict exactly the response tokens.
-    ids = gather_response(batch.input_ids[:, 1:], batch, fill=-1)
-    assert ids.tolist() == [[7, 8, -1], [9, 9, 9]]
-    assert response_mask(batch).tolist() == [[True, True, False], [True, True, True]]
-    vector = gather_response(torch.stack([values, -values], dim=-1), batch)
-    assert vector.shape == (2, 3, 2) and vector[1, 2].tolist() == [12.0, -12.0]
+    assert batch.position_ids.tolist() == [list(range(8))] * 2
+    assert batch.response_start.tolist() == [2, 0] and batch.max_response_len == 3
+    # Flat [B·S] logit positions, row by row; the logit at position p predicts token p + 1.
+    positions = batch.response_positions()
+    assert positions.tolist() == [2, 3, 8, 9, 10]
+    assert batch.input_ids.flatten()[positions + 1].tolist() == [7, 8, 9, 9, 9]
 
 
 def test_padding_errors():

@@ -1,5 +1,6 @@
 """`rlrt quickstart` end to end at a toy budget: the shipped config, its data preparation (SFT and
-RL problems disjoint), the warm-up, two RL steps on the real stack and the summary it writes."""
+RL problems disjoint), the warm-up, two RL steps on the real stack, the summary it writes, and its
+quiet console (the engine's and rank's output in the run's logs/ folder)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import pytest
 from rlrt_megatron.cli import main
 from rlrt_megatron.data.readers import read_jsonl
 from rlrt_megatron.megatron.checkpoint import resolve_hf_model
+from rlrt_megatron.trainer.metrics import CONSOLE_KEYS, read_metrics
 
 pytestmark = [pytest.mark.vllm, pytest.mark.distributed, pytest.mark.slow]
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart_cpu.yaml"
 
 
-def test_quickstart_at_a_toy_budget(tmp_path):
+def test_quickstart_at_a_toy_budget(tmp_path, capfd):
     run_dir = tmp_path / "quickstart"
     overrides = [
         f"trainer.run_dir={run_dir}",
@@ -34,6 +36,20 @@ def test_quickstart_at_a_toy_budget(tmp_path):
         "rollout.cpus_per_engine=0.1",
     ]
     assert main(["quickstart", "--config", str(CONFIG), *overrides]) == 0
+    out, err = capfd.readouterr()
+
+    # Quiet console: phase lines and the summary; the engine's and the rank's own output (vLLM's
+    # INFO lines, megatron's) is in <run_dir>/logs/, which the console names.
+    logs = run_dir / "logs"
+    engine_log, rank_log = (logs / "engine_0.log").read_text(), (logs / "rank_0.log").read_text()
+    assert engine_log.startswith("==== engine_0: pid") and rank_log.startswith("==== rank_0: pid")
+    assert "vllm" in engine_log.lower() and len(engine_log.splitlines()) > 5
+    assert f"{logs}/" in out
+    assert len(out.splitlines()) <= 60, out
+    assert "Failed to load weights" not in out + err
+    assert "vllm" not in out.lower(), out
+    # The progress bar shows metrics the step emits.
+    assert set(CONSOLE_KEYS) <= set(read_metrics(run_dir)[-1]), CONSOLE_KEYS
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["method"] == "rlrt" and summary["steps"] == 2
