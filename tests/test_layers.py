@@ -31,10 +31,11 @@ COMMAND_MODULES = (
 LAYERS = (
     Layer(
         "leaves",
-        ("", "errors", "command_registry", "interfaces"),
+        ("", "errors", "command_registry", "interfaces", "atomic_files"),
         "import nothing of the package: the (empty) package root, the user-facing errors any "
         "layer may raise, the registry command modules add their `rlrt` commands to, the typing "
-        "Protocols of the loop's parts (their data types imported for type checking only)",
+        "Protocols of the loop's parts (their data types imported for type checking only), the one "
+        "atomic file write every layer uses",
     ),
     Layer(
         "foundation",
