@@ -11,14 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _loop_fakes import FakeRewards, FakeTokenizer, templated_prompts
 
 from rlrt_megatron.algorithms.config import AlgorithmConfig
-from rlrt_megatron.data.records import PromptRecord
 from rlrt_megatron.megatron.scoring import ScoreResult
 from rlrt_megatron.rollout.sampling import Sample
 from rlrt_megatron.trainer.config import load_run_config
 from rlrt_megatron.trainer.loop import _Run, rl_step
-from rlrt_megatron.trainer.prompts import TemplatedPrompt
 from rlrt_megatron.trainer.step_batch import (
     expand_rows,
     on_policy_shortcut,
@@ -26,16 +25,6 @@ from rlrt_megatron.trainer.step_batch import (
 )
 
 G, K = 2, 4
-
-
-class FakeTokenizer:
-    chat_template = "fake"
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True, **_):
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-
-    def encode(self, text, add_special_tokens=False):
-        return [ord(c) % 50 for c in text]
 
 
 class FakeEngines:
@@ -59,12 +48,6 @@ class FakeEngines:
                 )
             out.append(group)
         return out
-
-
-class FakeRewards:
-    def grade(self, texts, truths):
-        scores = [float(f"\\boxed{{{t}}}" in x) for x, t in zip(texts, truths, strict=True)]
-        return SimpleNamespace(scores=scores, statuses=["ok"] * len(texts))
 
 
 class FakePolicy:
@@ -131,17 +114,7 @@ def _step(tmp_path, method, mini_batches, teacher_weights="behavior"):
     config = _config(tmp_path, method, mini_batches, teacher_weights)
     placement = FakePlacement()
     run = _Run(placement, FakeRewards(), FakeTokenizer())
-    prompts = [
-        TemplatedPrompt(
-            record=PromptRecord(
-                prompt=[{"role": "user", "content": f"{g}+{2 - g}?"}],
-                ground_truth="2",
-                solution="1+1 = \\boxed{2}",
-            ),
-            ids=[1, 2, 3 + g],
-        )
-        for g in range(G)
-    ]
+    prompts = templated_prompts(G)
     metrics = rl_step(config, 0, run, prompts, torch.Generator().manual_seed(0))
     return metrics, placement.policy
 

@@ -9,15 +9,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _loop_fakes import FakeRewards, FakeTokenizer, templated_prompts
 
 from rlrt_megatron.configuration import ConfigError
-from rlrt_megatron.data.records import PromptRecord
 from rlrt_megatron.megatron.safe_state import load_state, save_state
 from rlrt_megatron.megatron.scoring import ScoreResult
 from rlrt_megatron.rollout.sampling import Sample
 from rlrt_megatron.trainer.config import load_run_config
 from rlrt_megatron.trainer.loop import _Run, rl_step
-from rlrt_megatron.trainer.prompts import TemplatedPrompt, prompt_batches
+from rlrt_megatron.trainer.prompts import prompt_batches
 from rlrt_megatron.trainer.rollout_feed import (
     RolloutFeed,
     decode_samples,
@@ -77,12 +77,6 @@ class FakeEngines:
         return FakePending(self.events, self._samples(prompts, sampling), sampling.seed)
 
 
-class FakeRewards:
-    def grade(self, texts, truths):
-        scores = [float(f"\\boxed{{{t}}}" in x) for x, t in zip(texts, truths, strict=True)]
-        return SimpleNamespace(scores=scores, statuses=["ok"] * len(texts))
-
-
 class FakePolicy:
     def __init__(self, events):
         self.events, self.batches, self.scored_rows = events, [], []
@@ -128,16 +122,6 @@ class FakePlacement:
         return SimpleNamespace(seconds=0.0, version=self.engines.version)
 
 
-class FakeTokenizer:
-    chat_template = "fake"
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True, **_):
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-
-    def encode(self, text, add_special_tokens=False):
-        return [ord(c) % 50 for c in text]
-
-
 def _config(tmp_path, mode, method="grpo", extra=()):
     return load_run_config(
         None,
@@ -157,17 +141,7 @@ def _config(tmp_path, mode, method="grpo", extra=()):
 
 
 def _prompts(n=6):
-    return [
-        TemplatedPrompt(
-            record=PromptRecord(
-                prompt=[{"role": "user", "content": f"{g}+{2 - g}?"}],
-                ground_truth="2",
-                solution="1+1 = \\boxed{2}",
-            ),
-            ids=[1, 2, 3 + g],
-        )
-        for g in range(n)
-    ]
+    return templated_prompts(n)
 
 
 def _run_steps(tmp_path, mode, method="grpo", steps=range(STEPS), feed=None, placement=None):
