@@ -226,6 +226,10 @@ def _spawn(
             else:
                 if status == "error":
                     raise WorkerError(rank, payload, remote_tb)
+                # Trust boundary: the payload is the return value of `fn` pickled by a worker
+                # process this function spawned moments ago (same code, same user), passed
+                # through its own multiprocessing queue, which unpickles too. Nothing read from
+                # a file or a peer outside this process tree reaches this call.
                 values[rank] = pickle.loads(payload)
                 continue
             now = time.monotonic()
