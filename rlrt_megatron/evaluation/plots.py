@@ -103,3 +103,33 @@ def plot_reward_curves(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_pass_at_k_stats(curves: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path) -> Path:
+    """pass@k (%) against k on a log2 axis, one line per label with a ±1 std band.
+
+    ``curves[label][str(k)]`` is ``{"mean": ..., "std": ...}`` over seeds (what `rlrt compare`
+    writes as ``eval_pass@k``), e.g. each method after training and the warmed-up model.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ticks: set[int] = set()
+    for label, curve in curves.items():
+        ks = sorted(int(k) for k in curve)
+        mean = np.asarray([curve[str(k)]["mean"] for k in ks])
+        std = np.asarray([curve[str(k)]["std"] for k in ks])
+        style = {"color": "black", "linestyle": "--"} if label == "warmed-up model" else {}
+        ax.plot(ks, mean, marker="o", ms=3, label=label, **style)
+        ax.fill_between(ks, mean - std, mean + std, alpha=0.15, **({"color": "black"} if style else {}))
+        ticks |= set(ks)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(ticks), [str(k) for k in sorted(ticks)])
+    ax.minorticks_off()
+    ax.set_xlabel("k")
+    ax.set_ylabel("held-out pass@k (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

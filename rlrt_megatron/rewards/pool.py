@@ -33,7 +33,8 @@ from rlrt_megatron.rewards.math_verifier import CORRECT, ERROR, NO_ANSWER, TIMEO
 from rlrt_megatron.rewards.registry import RewardFn, get_reward
 
 # Graded once by each new worker before it reports ready: imports math-verify/sympy up front so
-# that this cost never counts against the first real item's time limit.
+# that this cost never counts against the first real item's time limit. A grader whose ground
+# truths have another format gives its own item as a ``warmup_item`` attribute.
 _WARMUP = ("The answer is \\boxed{1}.", "1")
 
 
@@ -99,7 +100,7 @@ def _worker_main(conn: Any, grade_fn: RewardFn, memory_limit_mb: int | None) -> 
     # math-verify logs a warning per call when its own (signal-based) timeouts are disabled.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     try:
-        grade_fn(*_WARMUP)
+        grade_fn(*getattr(grade_fn, "warmup_item", _WARMUP))
     except BaseException as e:  # report why, then exit: the parent raises with this message
         conn.send(("failed", f"{type(e).__name__}: {e}"))
         return

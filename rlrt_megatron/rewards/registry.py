@@ -2,7 +2,10 @@
 
 A reward function maps ``(response, ground_truth)`` to a `Grade`. It runs in the reward pool's
 worker processes, which are started with ``spawn``: the function is sent by reference, so it must
-be a module-level function (lambdas and closures cannot be pickled by reference).
+be a module-level function (lambdas and closures cannot be pickled by reference). Each new worker
+grades one warm-up item before it reports ready, ``("The answer is \\boxed{1}.", "1")`` unless the
+function carries its own as a ``warmup_item`` attribute (a grader whose ground truths have another
+format, e.g. `rlrt_megatron.rewards.countdown.grade_countdown`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 
+from rlrt_megatron.rewards.countdown import grade_countdown
 from rlrt_megatron.rewards.math_verifier import Grade, grade_math, grade_math_dapo
 
 RewardFn = Callable[[str, str], Grade]
@@ -17,6 +21,7 @@ RewardFn = Callable[[str, str], Grade]
 _REWARDS: dict[str, RewardFn] = {
     "math": grade_math,
     "math_dapo": grade_math_dapo,
+    "countdown": grade_countdown,
 }
 
 

@@ -17,9 +17,12 @@ per problem of ``data.eval_files`` with the ``eval.*`` sampling; ``summary.json`
 method, mean ± sample std (ddof=1; 0 for one seed) over seeds of: the final train reward
 (``train_reward_last``), held-out avg@n (``eval_after.accuracy``) and pass@n, in percent.
 
-Outputs: ``compare.json``, ``compare.md`` and ``reward_curves.png`` (train reward per step, mean
-over seeds with a ±1 std band, per method; each seed's curve is a trailing moving average over
-steps // 16 steps, e.g. 5 of 80).
+Outputs: ``compare.json``, ``compare.md``, ``reward_curves.png`` and ``entropy_curves.png`` (train
+reward and policy entropy per step, mean over seeds with a ±1 std band, per method; each seed's
+curve is a trailing moving average over steps // 16 steps, e.g. 5 of 80; the entropy curves show
+a collapse such as RLRT-all's, App. G.2) and ``pass_at_k.png`` (held-out pass@k for k = 1, 2, 4,
+…, n after training, mean ± std over seeds, against the warmed-up model's curve pooled over every
+run's evaluation before training; the paper's Figure 8).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from rlrt_megatron.configuration import (
 )
 
 TABLE_JSON, TABLE_MD, CURVES_PNG = "compare.json", "compare.md", "reward_curves.png"
+ENTROPY_PNG, PASS_AT_K_PNG = "entropy_curves.png", "pass_at_k.png"
 
 
 def run_dir_of(output: Path, method: str, seed: int) -> Path:
@@ -107,7 +111,7 @@ def run_finished(run_dir: Path) -> bool:
 def base_tree(config_path: str | Path, overrides: Sequence[str], output: Path) -> dict[str, Any]:
     """The config every run shares; a ``quickstart:`` section is prepared once (model, data and
     SFT warm-up in ``output/work``) and replaced by the model path and data files it yields."""
-    from rlrt_megatron.trainer.quickstart import QuickstartConfig, prepare
+    from rlrt_megatron.trainer.quickstart import QuickstartConfig, apply_quickstart
 
     tree = deep_merge(read_yaml(config_path), parse_overrides(list(overrides)))
     quick_tree = tree.pop("quickstart", None)
@@ -117,14 +121,10 @@ def base_tree(config_path: str | Path, overrides: Sequence[str], output: Path) -
         quick = from_dict(QuickstartConfig, quick_tree)
     except ConfigError as e:
         raise ConfigError(f"{config_path}: quickstart.{e}") from None
-    warm, train_file, test_file = prepare(quick, output / "work")
-    return deep_merge(
-        tree,
-        {
-            "model": {"path": str(warm)},
-            "data": {"train_files": [str(train_file)], "eval_files": [str(test_file)]},
-        },
-    )
+    try:
+        return apply_quickstart(tree, quick, output / "work")
+    except ConfigError as e:
+        raise ConfigError(f"{config_path}: {e}") from None
 
 
 def _stat(values: Sequence[float]) -> dict[str, Any]:
@@ -133,12 +133,42 @@ def _stat(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": float(v.mean()), "std": std, "values": [float(x) for x in v]}
 
 
+TABLE_KS = (8, 64)
+"""pass@k columns of the table (those ≤ the evaluation's n; pass@n is always shown). pass@1 is the
+avg@n column: the unbiased pass@1 estimator is the mean accuracy over the n samples."""
+
+
+def _pass_at_k(metrics: dict[str, Any]) -> dict[int, float]:
+    """``{k: pass@k in %}`` from an evaluation's metrics (keys ``pass@<k>``)."""
+    return {
+        int(key.split("@", 1)[1]): 100.0 * value
+        for key, value in metrics.items()
+        if key.startswith("pass@")
+    }
+
+
+def _curve_stats(curves: Sequence[dict[int, float]]) -> dict[str, dict[str, Any]]:
+    """Per k present in every curve: mean ± std over the curves (keys are str for JSON)."""
+    ks = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return {str(k): _stat([c[k] for c in curves]) for k in ks}
+
+
 def collect(output: Path, methods: Sequence[str], seeds: int) -> dict[str, Any]:
-    """compare.json's content from the runs' ``summary.json`` files (all must exist)."""
+    """compare.json's content from the runs' ``summary.json`` files (all must exist).
+
+    Per method: ``train_reward_last``, ``eval_avg@n``, ``eval_pass@n``, the whole pass@k curve
+    ``eval_pass@k`` ({k: stat}) after training and, when the runs evaluated before training,
+    ``eval_avg@n_before`` / ``eval_pass@k_before``. ``base`` pools every run's evaluation before
+    training (all start from the same model; each seed samples its own evaluation): the
+    warmed-up model's curve the methods are compared with.
+    """
     table: dict[str, Any] = {"methods": {}}
     eval_n = None
+    base_curves: list[dict[int, float]] = []
+    base_accs: list[float] = []
     for method in methods:
         rewards, accs, passes, before = [], [], [], []
+        curves, curves_before = [], []
         for seed in range(seeds):
             path = run_dir_of(output, method, seed) / "summary.json"
             if not path.is_file():
@@ -154,69 +184,109 @@ def collect(output: Path, methods: Sequence[str], seeds: int) -> dict[str, Any]:
             eval_n = n
             accs.append(100.0 * after["accuracy"])
             passes.append(100.0 * after[f"pass@{n}"])
+            curves.append(_pass_at_k(after))
             if "eval_before" in summary:
                 before.append(100.0 * summary["eval_before"]["accuracy"])
+                curves_before.append(_pass_at_k(summary["eval_before"]))
         row = {
             "seeds": list(range(seeds)),
             "train_reward_last": _stat(rewards),
             "eval_avg@n": _stat(accs),
             "eval_pass@n": _stat(passes),
+            "eval_pass@k": _curve_stats(curves),
         }
         if len(before) == seeds:
             row["eval_avg@n_before"] = _stat(before)
+            row["eval_pass@k_before"] = _curve_stats(curves_before)
+            base_accs += before
+            base_curves += curves_before
         table["methods"][method] = row
     table["eval_n"] = eval_n
+    if base_curves:
+        table["base"] = {
+            "runs": len(base_curves),
+            "eval_avg@n": _stat(base_accs),
+            "eval_pass@k": _curve_stats(base_curves),
+        }
     return table
 
 
 def markdown(table: dict[str, Any]) -> str:
     n = table["eval_n"]
+    ks = [k for k in TABLE_KS if k < n] + [n]
 
     def cell(stat: dict[str, Any], digits: int) -> str:
         return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
+    def pass_cells(curve: dict[str, Any]) -> str:
+        return " | ".join(cell(curve[str(k)], 1) if str(k) in curve else "–" for k in ks)
+
     lines = [
-        f"Mean ± std over seeds. Held-out avg@{n} / pass@{n} in %; train reward = mean reward of"
-        " the last step's rollouts.",
+        f"Mean ± std over seeds. Held-out avg@{n} (= pass@1) and pass@k in %; train reward = mean"
+        " reward of the last step's rollouts.",
         "",
-        f"| Method | Seeds | Final train reward | Held-out avg@{n} (before → after) |"
-        f" Held-out pass@{n} |",
-        "|---|:---:|:---:|:---:|:---:|",
+        f"| Method | Seeds | Final train reward | Held-out avg@{n} (before → after) | "
+        + " | ".join(f"pass@{k}" for k in ks)
+        + " |",
+        "|---|:---:|:---:|:---:|" + ":---:|" * len(ks),
     ]
+    base = table.get("base")
+    if base is not None:
+        lines.append(
+            f"| warmed-up model | {base['runs']} runs | – | {cell(base['eval_avg@n'], 1)} | "
+            f"{pass_cells(base['eval_pass@k'])} |"
+        )
     for method, row in table["methods"].items():
         before = row.get("eval_avg@n_before")
         acc = cell(row["eval_avg@n"], 1)
         if before is not None:
             acc = f"{before['mean']:.1f} → {acc}"
+        curve = row.get("eval_pass@k") or {str(n): row["eval_pass@n"]}
         lines.append(
             f"| {method} | {len(row['seeds'])} | {cell(row['train_reward_last'], 3)} | {acc} |"
-            f" {cell(row['eval_pass@n'], 1)} |"
+            f" {pass_cells(curve)} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def reward_curves(output: Path, methods: Sequence[str], seeds: int) -> dict[str, list[list[float]]]:
-    """Per method, each seed's ``reward/mean`` per step (from its metrics.jsonl)."""
+def reward_curves(
+    output: Path, methods: Sequence[str], seeds: int, key: str = "reward/mean"
+) -> dict[str, list[list[float]]]:
+    """Per method, each seed's ``key`` (a metrics.jsonl column) per step; steps without it are
+    skipped."""
     from rlrt_megatron.trainer.metrics import read_metrics
 
     return {
         m: [
-            [r["reward/mean"] for r in read_metrics(run_dir_of(output, m, s))] for s in range(seeds)
+            [r[key] for r in read_metrics(run_dir_of(output, m, s)) if key in r]
+            for s in range(seeds)
         ]
         for m in methods
     }
 
 
 def write_comparison(output: Path, methods: Sequence[str], seeds: int) -> Path:
-    """compare.json, compare.md and reward_curves.png from finished runs; returns compare.md."""
-    from rlrt_megatron.evaluation.plots import plot_reward_curves
+    """compare.json, compare.md, reward_curves.png, entropy_curves.png (when the runs logged the
+    policy's entropy) and pass_at_k.png (when they evaluated) from finished runs; returns
+    compare.md."""
+    from rlrt_megatron.evaluation.plots import plot_pass_at_k_stats, plot_reward_curves
 
     table = collect(output, methods, seeds)
     (output / TABLE_JSON).write_text(json.dumps(table, indent=2) + "\n")
     md = output / TABLE_MD
     md.write_text(markdown(table))
-    curves = reward_curves(output, methods, seeds)
-    steps = min(len(c) for series in curves.values() for c in series)
-    # ~16 independent points along the run: one step's reward is noisy at small batch sizes.
-    plot_reward_curves(curves, output / CURVES_PNG, smooth=max(1, steps // 16))
+    for key, png, label in (
+        ("reward/mean", CURVES_PNG, "train reward"),
+        ("policy/entropy", ENTROPY_PNG, "policy entropy (nats/token)"),
+    ):
+        curves = reward_curves(output, methods, seeds, key)
+        steps = min(len(c) for series in curves.values() for c in series)
+        if steps:
+            # ~16 independent points along the run: one step's value is noisy at small batches.
+            plot_reward_curves(curves, output / png, ylabel=label, smooth=max(1, steps // 16))
+    curves_k = {m: row["eval_pass@k"] for m, row in table["methods"].items() if row["eval_pass@k"]}
+    if curves_k:
+        if "base" in table:
+            curves_k = {"warmed-up model": table["base"]["eval_pass@k"], **curves_k}
+        plot_pass_at_k_stats(curves_k, output / PASS_AT_K_PNG)
     return md

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rlrt_megatron.algorithms.metrics import results_row
+from rlrt_megatron.algorithms.metrics import default_ks, results_row
 from rlrt_megatron.data.prompts import TemplatedPrompt
 from rlrt_megatron.rollout.sampling import SamplingConfig
 
@@ -19,7 +19,8 @@ from rlrt_megatron.rollout.sampling import SamplingConfig
 def evaluate(
     engines: Any, rewards: Any, prompts: Sequence[TemplatedPrompt], sampling: SamplingConfig
 ) -> dict[str, float]:
-    """``sampling.n`` samples per prompt → accuracy (avg@n), pass@n and mean response length.
+    """``sampling.n`` samples per prompt → accuracy (avg@n), pass@k for k = 1, 2, 4, …, n (the
+    unbiased estimator; the paper's pass@k curves, Figure 8) and mean response length.
 
     ``engines``: anything with ``generate(prompt_ids, sampling) -> [[Sample] * n] * P`` (the
     engine pool); ``rewards``: a reward pool with ``grade(responses, ground_truths)``.
@@ -40,11 +41,11 @@ def evaluate_per_prompt(
     truths = [p.record.ground_truth for p in prompts for _ in range(n)]
     graded = rewards.grade(responses, truths)
     correct = np.asarray(graded.scores, dtype=float).reshape(len(prompts), n) >= 1.0
-    row = results_row(correct, ks=[1, n], percent=False)
+    row = results_row(correct, ks=default_ks(n), percent=False)
     lengths = [len(s.token_ids) for group in samples for s in group]
     metrics = {
         "accuracy": row["avg@n"],
-        f"pass@{n}": row["pass@n"],
+        **{f"pass@{k}": value for k, value in row["pass@k"].items()},
         "response_length": float(np.mean(lengths)),
         "num_prompts": float(len(prompts)),
         "samples_per_prompt": float(n),

@@ -41,8 +41,15 @@ class TinyModelSection:
     seed: int = 0
 
 
+TASK_KINDS = ("arithmetic", "countdown")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TaskSection:
+    kind: str = "arithmetic"
+    """arithmetic: multi-step integer arithmetic (`rlrt_megatron.data.synthetic`, one solution
+    path, graded by math-verify); countdown: reach a target with the given numbers
+    (`rlrt_megatron.data.countdown`, several paths, graded by ``reward.name: countdown``)."""
     num_train: int = 2000
     """Problems whose worked solutions the SFT warm-up trains on."""
     num_rl: int = 0
@@ -50,7 +57,16 @@ class TaskSection:
     problems). Fresh problems keep RL from being scored on answers SFT already memorised."""
     num_test: int = 200
     levels: list[int] = field(default_factory=lambda: [1])
+    """arithmetic only: the difficulty levels drawn from."""
+    num_numbers: int = 4
+    """countdown only: numbers per problem."""
+    max_number: int = 9
+    """countdown only: numbers are drawn from [1, max_number]."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ConfigError(f"quickstart.task.kind: {self.kind!r} is not one of {TASK_KINDS}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +81,7 @@ class QuickstartConfig:
 def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
     """Steps 1–3: returns (warmed-up model folder, RL train file, held-out file). Reuses
     finished artefacts of an earlier call with the same folder (each is written atomically)."""
+    from rlrt_megatron.data.countdown import write_countdown_splits
     from rlrt_megatron.data.readers import read_jsonl
     from rlrt_megatron.data.synthetic import write_arithmetic_splits
     from rlrt_megatron.models.tiny import build_tiny_qwen3
@@ -91,21 +108,32 @@ def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
     if not all(f.exists() for f in (sft_file, rl_file, test_file)):
         # One draw of num_train + num_rl problems (distinct from each other and from the test
         # split), cut into the SFT part and the RL part; the RL file is written last.
-        train_file, test_file = write_arithmetic_splits(
-            data,
-            num_train=t.num_train + t.num_rl,
-            num_test=t.num_test,
-            seed=t.seed,
-            levels=tuple(t.levels),
-        )
+        if t.kind == "countdown":
+            train_file, test_file = write_countdown_splits(
+                data,
+                num_train=t.num_train + t.num_rl,
+                num_test=t.num_test,
+                seed=t.seed,
+                num_numbers=t.num_numbers,
+                max_number=t.max_number,
+            )
+        else:
+            train_file, test_file = write_arithmetic_splits(
+                data,
+                num_train=t.num_train + t.num_rl,
+                num_test=t.num_test,
+                seed=t.seed,
+                levels=tuple(t.levels),
+            )
         lines = train_file.read_text().splitlines(keepends=True)
         atomic_write_text(sft_file, "".join(lines[: t.num_train]))
         atomic_write_text(rl_file, "".join(lines[t.num_train :] if t.num_rl else lines))
         logger.info(
-            "quickstart: %d SFT, %d RL and %d held-out arithmetic problems in %s",
+            "quickstart: %d SFT, %d RL and %d held-out %s problems in %s",
             t.num_train,
             t.num_rl or t.num_train,
             t.num_test,
+            t.kind,
             data,
         )
     warm = work_dir / "warm_model"
@@ -120,6 +148,31 @@ def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
         result = sft_warmup(base, warm, pairs, quick.warmup)
         logger.info("quickstart: warm-up done in %.0f s (written to %s)", result.seconds, warm)
     return warm, rl_file, test_file
+
+
+TASK_REWARDS = {"arithmetic": ("math", "math_dapo"), "countdown": ("countdown",)}
+"""The reward functions that can grade each task's ``answer`` column."""
+
+
+def apply_quickstart(tree: dict, quick: QuickstartConfig, work_dir: Path) -> dict:
+    """The run config ``tree`` (without its ``quickstart:`` section) completed with the prepared
+    model path and data files. The task's grader is checked first, before minutes of warm-up: a
+    countdown answer (``"22:3,5,7"``) graded by math-verify would score every rollout 0."""
+    kind = quick.task.kind
+    reward = tree.get("reward", {}).get("name", "math")
+    if reward not in TASK_REWARDS[kind]:
+        raise ConfigError(
+            f"reward.name: {reward!r} cannot grade quickstart.task.kind {kind!r}; use one of "
+            f"{list(TASK_REWARDS[kind])}"
+        )
+    warm, train_file, test_file = prepare(quick, work_dir)
+    return deep_merge(
+        tree,
+        {
+            "model": {"path": str(warm)},
+            "data": {"train_files": [str(train_file)], "eval_files": [str(test_file)]},
+        },
+    )
 
 
 def run_quickstart(
@@ -139,15 +192,8 @@ def run_quickstart(
     tree = deep_merge(read_yaml(config_path), parse_overrides(overrides))
     quick = from_dict(QuickstartConfig, tree.pop("quickstart", {}))
     run_dir = Path(tree.get("trainer", {}).get("run_dir", "runs/quickstart"))
-    warm, train_file, test_file = prepare(quick, run_dir / "work")
-    tree = deep_merge(
-        tree,
-        {
-            "model": {"path": str(warm)},
-            "data": {"train_files": [str(train_file)], "eval_files": [str(test_file)]},
-        },
-    )
     try:
+        tree = apply_quickstart(tree, quick, run_dir / "work")
         run_config = from_dict(RunConfig, tree)
     except ConfigError as error:
         raise ConfigError(f"{config_path}: {error}") from None

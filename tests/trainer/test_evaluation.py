@@ -79,3 +79,15 @@ def test_paired_difference_by_hand():
     assert paired_difference([0.0, 0.25], [0.5, 0.75])["z"] == float("inf")
     with pytest.raises(ValueError, match="equal-length"):
         paired_difference([0.1, 0.2], [0.1])
+
+
+def test_the_pass_at_k_curve_is_reported_for_powers_of_two_up_to_n():
+    # One prompt, 4 samples, 1 correct: pass@k = 1 - C(3, k) / C(4, k) = k / 4 (hand-computed).
+    prompts = [
+        TemplatedPrompt(PromptRecord(prompt=[{"role": "user", "content": "1+1"}], ground_truth="2"), [1])
+    ]
+    engines = ScriptedEngines([["\\boxed{2}", "\\boxed{3}", "\\boxed{5}", "\\boxed{7}"]])
+    result = evaluate(engines, ExactRewards(), prompts, SamplingConfig(n=4))
+    assert {k: result[f"pass@{k}"] for k in (1, 2, 4)} == pytest.approx({1: 0.25, 2: 0.5, 4: 1.0})
+    assert result["pass@1"] == pytest.approx(result["accuracy"])
+    assert not any(key in result for key in ("pass@3", "pass@8"))
