@@ -7,7 +7,7 @@ STAMP := $(VENV)/.rlrt-installed
 LAUNCH_VENV ?= .venv-launch
 LAUNCH_STAMP := $(LAUNCH_VENV)/.rlrt-installed
 
-.PHONY: setup setup-launch setup-bench bench-trl test test-fast quickstart lint clean
+.PHONY: setup setup-launch setup-bench bench-trl test test-fast quickstart miniature lint clean
 
 setup: $(STAMP)
 
@@ -62,8 +62,13 @@ test-fast: setup
 quickstart: setup
 	$(VENV)/bin/rlrt quickstart
 
+# The paper's claims in miniature (Countdown, 4 methods x 3 seeds + the eps_w sweep, ~2 h on 2
+# cores): runs/miniature/report.md and docs/figures/miniature/ (README "Results in miniature").
+miniature: setup
+	scripts/miniature.sh
+
 lint: setup
-	$(PY) -m ruff check rlrt_megatron tests benchmarks examples
+	$(PY) -m ruff check rlrt_megatron tests benchmarks examples scripts
 
 clean:
 	rm -rf $(VENV) $(LAUNCH_VENV) $(BENCH_VENV) *.egg-info .pytest_cache .hypothesis

@@ -120,7 +120,9 @@ def plot_pass_at_k_stats(curves: Mapping[str, Mapping[str, Mapping[str, Any]]], 
         std = np.asarray([curve[str(k)]["std"] for k in ks])
         style = {"color": "black", "linestyle": "--"} if label == "warmed-up model" else {}
         ax.plot(ks, mean, marker="o", ms=3, label=label, **style)
-        ax.fill_between(ks, mean - std, mean + std, alpha=0.15, **({"color": "black"} if style else {}))
+        ax.fill_between(
+            ks, mean - std, mean + std, alpha=0.15, **({"color": "black"} if style else {})
+        )
         ticks |= set(ks)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(ticks), [str(k) for k in sorted(ticks)])

@@ -74,7 +74,9 @@ def grade_countdown(response: str, ground_truth: str) -> Grade:
     answer = extract_last_boxed(response)
     if answer is None:
         return Grade(0.0, NO_ANSWER)
-    return Grade(1.0, CORRECT) if evaluate_countdown(answer, numbers) == target else Grade(0.0, WRONG)
+    return (
+        Grade(1.0, CORRECT) if evaluate_countdown(answer, numbers) == target else Grade(0.0, WRONG)
+    )
 
 
 # The reward pool grades this once per new worker (its default item's ground truth, "1", is not a

@@ -41,6 +41,7 @@ from rlrt_megatron.configuration import (
     parse_overrides,
     read_yaml,
 )
+from rlrt_megatron.trainer.metrics import REWARD_WINDOW
 
 TABLE_JSON, TABLE_MD, CURVES_PNG = "compare.json", "compare.md", "reward_curves.png"
 ENTROPY_PNG, PASS_AT_K_PNG = "entropy_curves.png", "pass_at_k.png"
@@ -122,7 +123,7 @@ def base_tree(config_path: str | Path, overrides: Sequence[str], output: Path) -
     except ConfigError as e:
         raise ConfigError(f"{config_path}: quickstart.{e}") from None
     try:
-        return apply_quickstart(tree, quick, output / "work")
+        return apply_quickstart(tree, quick, quick.work_folder(output / "work"))
     except ConfigError as e:
         raise ConfigError(f"{config_path}: {e}") from None
 
@@ -156,18 +157,19 @@ def _curve_stats(curves: Sequence[dict[int, float]]) -> dict[str, dict[str, Any]
 def collect(output: Path, methods: Sequence[str], seeds: int) -> dict[str, Any]:
     """compare.json's content from the runs' ``summary.json`` files (all must exist).
 
-    Per method: ``train_reward_last``, ``eval_avg@n``, ``eval_pass@n``, the whole pass@k curve
-    ``eval_pass@k`` ({k: stat}) after training and, when the runs evaluated before training,
-    ``eval_avg@n_before`` / ``eval_pass@k_before``. ``base`` pools every run's evaluation before
-    training (all start from the same model; each seed samples its own evaluation): the
-    warmed-up model's curve the methods are compared with.
+    Per method: ``train_reward_last``, ``train_reward_mean_last_10`` (the mean reward of the
+    last 10 steps, `rlrt_megatron.trainer.metrics.REWARD_WINDOW`), ``eval_avg@n``,
+    ``eval_pass@n``, the whole pass@k curve ``eval_pass@k`` ({k: stat}) after training and,
+    when the runs evaluated before training, ``eval_avg@n_before`` / ``eval_pass@k_before``.
+    ``base`` pools every run's evaluation before training (all start from the same model; each
+    seed samples its own evaluation): the warmed-up model's curve the methods are compared with.
     """
     table: dict[str, Any] = {"methods": {}}
     eval_n = None
     base_curves: list[dict[int, float]] = []
     base_accs: list[float] = []
     for method in methods:
-        rewards, accs, passes, before = [], [], [], []
+        rewards, rewards_window, accs, passes, before = [], [], [], [], []
         curves, curves_before = [], []
         for seed in range(seeds):
             path = run_dir_of(output, method, seed) / "summary.json"
@@ -175,6 +177,8 @@ def collect(output: Path, methods: Sequence[str], seeds: int) -> dict[str, Any]:
                 raise FileNotFoundError(f"{path}: the run has not finished")
             summary = json.loads(path.read_text())
             rewards.append(summary["train_reward_last"])
+            if f"train_reward_mean_last_{REWARD_WINDOW}" in summary:
+                rewards_window.append(summary[f"train_reward_mean_last_{REWARD_WINDOW}"])
             after = summary.get("eval_after")
             if after is None:
                 raise ValueError(f"{path}: no eval_after (the config has no data.eval_files)")
@@ -195,6 +199,8 @@ def collect(output: Path, methods: Sequence[str], seeds: int) -> dict[str, Any]:
             "eval_pass@n": _stat(passes),
             "eval_pass@k": _curve_stats(curves),
         }
+        if len(rewards_window) == seeds:  # one step's reward is noisy: the last window's mean
+            row[f"train_reward_mean_last_{REWARD_WINDOW}"] = _stat(rewards_window)
         if len(before) == seeds:
             row["eval_avg@n_before"] = _stat(before)
             row["eval_pass@k_before"] = _curve_stats(curves_before)
@@ -211,6 +217,39 @@ def collect(output: Path, methods: Sequence[str], seeds: int) -> dict[str, Any]:
     return table
 
 
+def compare_outcome(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, float, float]:
+    """("higher" | "lower" | "no difference", mean(a) − mean(b), the larger std) for a vs b.
+
+    ``a``/``b`` are `_stat` dicts (mean and std over seeds). A difference no larger than the
+    larger seed std is reported as "no difference" (issue 18's rule for the miniature claims).
+    """
+    diff, spread = a["mean"] - b["mean"], max(a["std"], b["std"])
+    if abs(diff) <= spread:
+        return "no difference", diff, spread
+    return ("higher" if diff > 0 else "lower"), diff, spread
+
+
+def collapse_step(
+    series: Sequence[Sequence[float]], window: int
+) -> tuple[int | None, float, float]:
+    """(first step where the seed-mean smoothed reward < half of its first window's value, or
+    None; the first window's value; the last window's value).
+
+    ``series``: one reward per step per seed; each is smoothed by a trailing ``window``-step
+    mean, then the seeds are averaged. The paper reports RLRT-all "collapses around step 40"
+    (App. G.2) without a numeric rule; half the starting reward is this library's rule.
+    """
+    from rlrt_megatron.evaluation.plots import moving_average
+
+    length = min(len(s) for s in series)
+    if length < window:
+        raise ValueError(f"collapse_step needs >= {window} steps per seed, got {length}")
+    curve = np.mean([moving_average(s[:length], window) for s in series], axis=0)
+    start = curve[window - 1]
+    below = [i for i in range(window - 1, length) if curve[i] < 0.5 * start]
+    return (below[0] + 1 if below else None), float(start), float(curve[-1])
+
+
 def markdown(table: dict[str, Any]) -> str:
     n = table["eval_n"]
     ks = [k for k in TABLE_KS if k < n] + [n]
@@ -225,15 +264,14 @@ def markdown(table: dict[str, Any]) -> str:
         f"Mean ± std over seeds. Held-out avg@{n} (= pass@1) and pass@k in %; train reward = mean"
         " reward of the last step's rollouts.",
         "",
-        f"| Method | Seeds | Final train reward | Held-out avg@{n} (before → after) | "
-        + " | ".join(f"pass@{k}" for k in ks)
-        + " |",
-        "|---|:---:|:---:|:---:|" + ":---:|" * len(ks),
+        f"| Method | Seeds | Final train reward | Train reward, last {REWARD_WINDOW} steps |"
+        f" Held-out avg@{n} (before → after) | " + " | ".join(f"pass@{k}" for k in ks) + " |",
+        "|---|:---:|:---:|:---:|:---:|" + ":---:|" * len(ks),
     ]
     base = table.get("base")
     if base is not None:
         lines.append(
-            f"| warmed-up model | {base['runs']} runs | – | {cell(base['eval_avg@n'], 1)} | "
+            f"| warmed-up model | {base['runs']} runs | – | – | {cell(base['eval_avg@n'], 1)} | "
             f"{pass_cells(base['eval_pass@k'])} |"
         )
     for method, row in table["methods"].items():
@@ -242,9 +280,10 @@ def markdown(table: dict[str, Any]) -> str:
         if before is not None:
             acc = f"{before['mean']:.1f} → {acc}"
         curve = row.get("eval_pass@k") or {str(n): row["eval_pass@n"]}
+        window = row.get(f"train_reward_mean_last_{REWARD_WINDOW}")
         lines.append(
-            f"| {method} | {len(row['seeds'])} | {cell(row['train_reward_last'], 3)} | {acc} |"
-            f" {pass_cells(curve)} |"
+            f"| {method} | {len(row['seeds'])} | {cell(row['train_reward_last'], 3)} |"
+            f" {cell(window, 3) if window else '–'} | {acc} | {pass_cells(curve)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -31,6 +31,7 @@ from rlrt_megatron.rollout.sampling import Sample
 from rlrt_megatron.trainer.config import RunConfig
 from rlrt_megatron.trainer.evaluation import evaluate, evaluate_per_prompt, paired_difference
 from rlrt_megatron.trainer.metrics import (
+    REWARD_WINDOW,
     MetricsLogger,
     StepTimer,
     read_metrics,
@@ -67,7 +68,6 @@ from rlrt_megatron.trainer.step_batch import (
 logger = logging.getLogger(__name__)
 
 
-REWARD_WINDOW = 10  # steps averaged for summary.json's first/last train reward
 
 
 @dataclass

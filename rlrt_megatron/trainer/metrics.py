@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+REWARD_WINDOW = 10  # steps averaged for summary.json's first/last train reward
 
 CONSOLE_LABELS = {
     "reward/mean": "reward",

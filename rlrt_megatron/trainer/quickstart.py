@@ -76,6 +76,13 @@ class QuickstartConfig:
     model: TinyModelSection = field(default_factory=TinyModelSection)
     task: TaskSection = field(default_factory=TaskSection)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    work_dir: str | None = None
+    """Where the model, data and warm-up are built, or found from an earlier run with the same
+    section (null: ``<run_dir>/work``, or ``OUTPUT/work`` for `rlrt compare`). Point several
+    comparisons at one folder to train them all from the same warmed-up model."""
+
+    def work_folder(self, default: Path) -> Path:
+        return Path(self.work_dir) if self.work_dir else default
 
 
 def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
@@ -193,7 +200,7 @@ def run_quickstart(
     quick = from_dict(QuickstartConfig, tree.pop("quickstart", {}))
     run_dir = Path(tree.get("trainer", {}).get("run_dir", "runs/quickstart"))
     try:
-        tree = apply_quickstart(tree, quick, run_dir / "work")
+        tree = apply_quickstart(tree, quick, quick.work_folder(run_dir / "work"))
         run_config = from_dict(RunConfig, tree)
     except ConfigError as error:
         raise ConfigError(f"{config_path}: {error}") from None

@@ -43,7 +43,9 @@ def test_problems_are_solvable_and_their_counts_and_solutions_are_right(num_numb
         assert len(p.numbers) == num_numbers and all(1 <= n <= 9 for n in p.numbers)
         assert p.target >= 0
         reaching = {
-            "".join(str(t) for t in itertools.chain.from_iterable(zip(order, ops + ("",))))
+            "".join(
+                str(t) for t in itertools.chain.from_iterable(zip(order, ops + ("",), strict=True))
+            )
             for order in itertools.permutations(p.numbers)
             for ops in itertools.product("+-*", repeat=num_numbers - 1)
         }

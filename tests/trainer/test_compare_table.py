@@ -15,7 +15,9 @@ METHODS, SEEDS, STEPS = ("grpo", "rlrt_all"), 2, 20
 
 
 def _evaluation(acc: float, scale: float) -> dict:
-    curve = {f"pass@{k}": min(1.0, acc * (1 + scale * np.log2(k))) for k in (1, 2, 4, 8, 16, 32, 64)}
+    curve = {
+        f"pass@{k}": min(1.0, acc * (1 + scale * np.log2(k))) for k in (1, 2, 4, 8, 16, 32, 64)
+    }
     return {"accuracy": acc, **curve, "samples_per_prompt": 64.0, "num_prompts": 128.0}
 
 
@@ -27,6 +29,7 @@ def _write_runs(out):
             summary = {
                 "method": method,
                 "train_reward_last": 0.3 + 0.1 * m + 0.01 * seed,
+                "train_reward_mean_last_10": 0.25 + 0.1 * m + 0.02 * seed,
                 "eval_before": _evaluation(0.2 + 0.01 * seed, 0.3),
                 "eval_after": _evaluation(0.25 + 0.05 * m + 0.01 * seed, 0.2),
             }
@@ -55,8 +58,13 @@ def test_the_table_holds_the_pass_at_k_curves_and_the_warmed_up_model(tmp_path):
     assert base["runs"] == len(METHODS) * SEEDS
     assert base["eval_avg@n"]["values"] == pytest.approx([20.0, 21.0] * len(METHODS))
     md = markdown(table)
-    assert "| Method | Seeds | Final train reward | Held-out avg@64 (before → after) | pass@8 | pass@64 |" in md
-    assert "| warmed-up model | 4 runs | – | 20.5 ± 0.6 |" in md
+    assert row["train_reward_mean_last_10"]["values"] == pytest.approx([0.35, 0.37])
+    assert (
+        "| Method | Seeds | Final train reward | Train reward, last 10 steps |"
+        " Held-out avg@64 (before → after) | pass@8 | pass@64 |"
+    ) in md
+    assert "| warmed-up model | 4 runs | – | – | 20.5 ± 0.6 |" in md
+    assert "| rlrt_all | 2 | 0.405 ± 0.007 | 0.360 ± 0.014 | 20.5 → 30.5 ± 0.7 |" in md
     p8 = row["eval_pass@k"]["8"]
     assert f"| {p8['mean']:.1f} ± {p8['std']:.1f} |" in md
 
@@ -74,7 +82,32 @@ def test_runs_that_logged_no_entropy_draw_no_entropy_figure(tmp_path):
     _write_runs(tmp_path)
     for path in tmp_path.glob("*/seed*/metrics.jsonl"):
         rows = [json.loads(line) for line in path.read_text().splitlines()]
-        path.write_text("".join(json.dumps({"step": r["step"], "reward/mean": 0.1}) + "\n" for r in rows))
+        path.write_text(
+            "".join(json.dumps({"step": r["step"], "reward/mean": 0.1}) + "\n" for r in rows)
+        )
     write_comparison(tmp_path, METHODS, SEEDS)
     assert (tmp_path / "reward_curves.png").exists()
     assert not (tmp_path / "entropy_curves.png").exists()
+
+
+def test_a_difference_within_the_seed_spread_is_no_difference():
+    from rlrt_megatron.trainer.compare import compare_outcome
+
+    a, b = {"mean": 30.0, "std": 2.0}, {"mean": 28.5, "std": 1.0}
+    assert compare_outcome(a, b) == ("no difference", 1.5, 2.0)
+    assert compare_outcome({"mean": 33.0, "std": 2.0}, b) == ("higher", 4.5, 2.0)
+    assert compare_outcome(b, {"mean": 33.0, "std": 0.5}) == ("lower", -4.5, 1.0)
+
+
+def test_collapse_is_the_first_step_below_half_the_starting_reward():
+    from rlrt_megatron.trainer.compare import collapse_step
+
+    steady = [[0.4] * 30, [0.2] * 30]  # seed mean 0.3 throughout
+    assert collapse_step(steady, 5) == (None, pytest.approx(0.3), pytest.approx(0.3))
+    # Both seeds drop to 0 at step 21: the 5-step trailing mean of 0.3 falls to
+    # 0.3 * (5 - j) / 5 after j zero steps, below 0.15 once j = 3, i.e. at step 23.
+    falling = [[0.4] * 20 + [0.0] * 10, [0.2] * 20 + [0.0] * 10]
+    step, first, last = collapse_step(falling, 5)
+    assert (step, first, last) == (23, pytest.approx(0.3), pytest.approx(0.0))
+    with pytest.raises(ValueError, match="needs >= 5 steps"):
+        collapse_step([[0.1] * 4], 5)

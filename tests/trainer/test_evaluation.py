@@ -84,7 +84,9 @@ def test_paired_difference_by_hand():
 def test_the_pass_at_k_curve_is_reported_for_powers_of_two_up_to_n():
     # One prompt, 4 samples, 1 correct: pass@k = 1 - C(3, k) / C(4, k) = k / 4 (hand-computed).
     prompts = [
-        TemplatedPrompt(PromptRecord(prompt=[{"role": "user", "content": "1+1"}], ground_truth="2"), [1])
+        TemplatedPrompt(
+            PromptRecord(prompt=[{"role": "user", "content": "1+1"}], ground_truth="2"), [1]
+        )
     ]
     engines = ScriptedEngines([["\\boxed{2}", "\\boxed{3}", "\\boxed{5}", "\\boxed{7}"]])
     result = evaluate(engines, ExactRewards(), prompts, SamplingConfig(n=4))

@@ -30,8 +30,13 @@ def test_countdown_quickstart_prepares_its_splits_and_warm_model(tmp_path):
         QuickstartConfig,
         {
             "model": TINY,
-            "task": {"kind": "countdown", "num_train": 20, "num_rl": 10, "num_test": 5,
-                     "num_numbers": 3},  # fmt: skip
+            "task": {
+                "kind": "countdown",
+                "num_train": 20,
+                "num_rl": 10,
+                "num_test": 5,
+                "num_numbers": 3,
+            },  # fmt: skip
             "warmup": {"steps": 2, "batch_size": 4, "warmup_steps": 1},
         },
     )
@@ -42,7 +47,9 @@ def test_countdown_quickstart_prepares_its_splits_and_warm_model(tmp_path):
     sft, _ = read_jsonl(tmp_path / "work" / "data" / "sft.jsonl")
     assert (len(sft), len(rl), len(test)) == (20, 10, 5)
     questions = [{r.question for r in rows} for rows in (sft, rl, test)]
-    assert not (questions[0] & questions[1] or questions[0] & questions[2] or questions[1] & questions[2])
+    assert not (
+        questions[0] & questions[1] or questions[0] & questions[2] or questions[1] & questions[2]
+    )
     assert all(grade_countdown(r.solution, r.ground_truth).score == 1.0 for r in sft + rl + test)
     assert tree["model"]["path"] == str(tmp_path / "work" / "warm_model")
 
@@ -56,3 +63,9 @@ def test_the_miniature_config_is_a_valid_countdown_run():
     tree = {**tree, "model": {"path": "unused"}, "data": {**tree["data"], "train_files": ["x"]}}
     config = from_dict(RunConfig, tree)
     assert config.eval.n == 64 and config.algorithm.eps_w == 1.0
+
+
+def test_work_dir_points_several_runs_at_one_prepared_model(tmp_path):
+    quick = from_dict(QuickstartConfig, {"work_dir": str(tmp_path / "shared")})
+    assert quick.work_folder(tmp_path / "default") == tmp_path / "shared"
+    assert from_dict(QuickstartConfig, {}).work_folder(tmp_path / "default") == tmp_path / "default"

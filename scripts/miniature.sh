@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The paper's claims in miniature (issue 18; README "Results in miniature"), unattended:
+#   1. rlrt compare over grpo, rlrt, rlrt_all and rlsd, 3 seeds each, on Countdown
+#      (configs/miniature/countdown.yaml: tiny Qwen3, SFT warm-up once in $OUT/work, 100 RL steps
+#      per run, held-out 128 problems x 64 samples before and after every run);
+#   2. the eps_w sweep: rlrt at eps_w 0.2 and 0.5 (1.0 is step 1's rlrt), from the same
+#      warmed-up model (quickstart.work_dir), 3 seeds each, in ${OUT}_eps_w<value>;
+#   3. the warmed-up model's pass@k against a uniform guesser (benchmarks/miniature_feasibility.py);
+#   4. the report: tables, collapse check, verdicts ($OUT/report.md) and the figures in
+#      docs/figures/miniature/.
+# Every step resumes: finished runs are not rerun, an interrupted one continues from its
+# checkpoint. About 2 h on 2 cores (18 runs of ~6 min each, plus the warm-up).
+# Usage: scripts/miniature.sh   (from the repository root, after `make setup`)
+set -euo pipefail
+RLRT=${RLRT:-.venv/bin/rlrt}
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/miniature}
+SEEDS=${SEEDS:-3}
+CONFIG=configs/miniature/countdown.yaml
+
+"$RLRT" compare "$CONFIG" trainer.console=false \
+    --methods grpo,rlrt,rlrt_all,rlsd --seeds "$SEEDS" --output "$OUT"
+for eps in 0.2 0.5; do
+    "$RLRT" compare "$CONFIG" trainer.console=false quickstart.work_dir="$OUT/work" \
+        algorithm.eps_w="$eps" --methods rlrt --seeds "$SEEDS" --output "${OUT}_eps_w$eps"
+done
+"$PY" benchmarks/miniature_feasibility.py --config "$CONFIG" --work "$OUT/work" \
+    --json "$OUT/feasibility.json"
+"$PY" scripts/miniature_report.py --output "$OUT" --figures docs/figures/miniature
