@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sft-steps", type=int, default=None, help="override quickstart.warmup.steps")
+    parser.add_argument(
+        "--sft-steps", type=int, default=None, help="override quickstart.warmup.steps"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -53,7 +55,11 @@ def main() -> None:
     from rlrt_megatron.configuration import from_dict, read_yaml
     from rlrt_megatron.data.countdown import bracket_free_values
     from rlrt_megatron.data.readers import read_jsonl
-    from rlrt_megatron.rewards.countdown import evaluate_countdown, grade_countdown, parse_ground_truth
+    from rlrt_megatron.rewards.countdown import (
+        evaluate_countdown,
+        grade_countdown,
+        parse_ground_truth,
+    )
     from rlrt_megatron.rewards.math_verifier import extract_last_boxed
     from rlrt_megatron.trainer.quickstart import QuickstartConfig, prepare
 

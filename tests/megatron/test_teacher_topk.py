@@ -55,10 +55,13 @@ MAX_TOKENS = 40  # every scoring pass needs several micro-batches
 # Every update needs several micro-batches per rank; padded, the widest rollout costs 2 x 20.
 TRAIN_MAX_TOKENS = {"packed": 32, "padded": 40}
 # The initial teacher before any update vs the shared pass: the teacher sequences run in
-# micro-batches of other shapes (float32 rounding: ~5e-7 relative on log-probs near -5 when
-# padded), so scores agree to 1e-6 absolute or relative; parameters to 1e-6 absolute.
+# micro-batches of other shapes, so the float32 GEMMs block differently and round differently:
+# ~5e-7 relative on log-probs near -5 when padded on one CPU, up to 1.4e-6 absolute (one score of
+# 72, dp2_padded) on an AMD EPYC with AVX-512 kernels. Scores therefore agree to 1e-5 absolute
+# (still 10x tighter than the HF comparison's 1e-4); parameters after the update to 1e-6.
 SAME_ATOL = 1e-6
 SAME_RTOL = 1e-6
+SCORE_ATOL = 1e-5
 HF_ATOL = 1e-4
 EXTRA_LAYOUTS = ("dp2", "pp2")  # + SRPO with the initial teacher, SDPO with an EMA teacher
 EMA_RATE = 0.25
@@ -188,7 +191,7 @@ def test_initial_teacher_before_any_update_equals_the_shared_pass(run, layout):
     assert torch.equal(shared["has_teacher"], separate["has_teacher"])
     for name in SCORE_FIELDS:
         assert separate[name] is not None, name
-        torch.testing.assert_close(separate[name], shared[name], atol=SAME_ATOL, rtol=SAME_RTOL)
+        torch.testing.assert_close(separate[name], shared[name], atol=SCORE_ATOL, rtol=SAME_RTOL)
     worst, diff = _worst(result["initial_params1"], result["behavior_params"])
     assert diff <= SAME_ATOL, f"{worst}: {diff:.3g}"
     (b,), (s,) = result["behavior_metrics"], result["initial_metrics1"]
