@@ -4,25 +4,27 @@
 #      (configs/miniature/countdown.yaml: tiny Qwen3, SFT warm-up once in $OUT/work, 100 RL steps
 #      per run, held-out 128 problems x 64 samples before and after every run);
 #   2. the eps_w sweep: rlrt at eps_w 0.2 and 0.5 (1.0 is step 1's rlrt), from the same
-#      warmed-up model (quickstart.work_dir), 3 seeds each, in ${OUT}_eps_w<value>;
+#      warmed-up model (quickstart.work_dir), $SWEEP_SEEDS seeds each (3), in ${OUT}_eps_w<value>;
 #   3. the warmed-up model's pass@k against a uniform guesser (benchmarks/miniature_feasibility.py);
 #   4. the report: tables, collapse check, verdicts ($OUT/report.md) and the figures in
 #      docs/figures/miniature/.
 # Every step resumes: finished runs are not rerun, an interrupted one continues from its
-# checkpoint. About 2 h on 2 cores (18 runs of ~6 min each, plus the warm-up).
+# checkpoint. About 2 h 15 min on a quiet 2-core machine (18 runs of ~7 min each, plus the
+# 3-minute warm-up); SEEDS / SWEEP_SEEDS / OUT override the defaults.
 # Usage: scripts/miniature.sh   (from the repository root, after `make setup`)
 set -euo pipefail
 RLRT=${RLRT:-.venv/bin/rlrt}
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/miniature}
 SEEDS=${SEEDS:-3}
+SWEEP_SEEDS=${SWEEP_SEEDS:-$SEEDS}
 CONFIG=configs/miniature/countdown.yaml
 
 "$RLRT" compare "$CONFIG" trainer.console=false \
     --methods grpo,rlrt,rlrt_all,rlsd --seeds "$SEEDS" --output "$OUT"
 for eps in 0.2 0.5; do
     "$RLRT" compare "$CONFIG" trainer.console=false quickstart.work_dir="$OUT/work" \
-        algorithm.eps_w="$eps" --methods rlrt --seeds "$SEEDS" --output "${OUT}_eps_w$eps"
+        algorithm.eps_w="$eps" --methods rlrt --seeds "$SWEEP_SEEDS" --output "${OUT}_eps_w$eps"
 done
 "$PY" benchmarks/miniature_feasibility.py --config "$CONFIG" --work "$OUT/work" \
     --json "$OUT/feasibility.json"
