@@ -127,6 +127,41 @@ def main() -> None:
         lines.append(f"| {m} | {first:.3f} → {last:.3f} | {where} | {e0:.3f} → {e1:.3f} |")
     lines.append("")
 
+    # The teacher's signal: how far the teacher view is from the student's and how much of the
+    # reweighted tokens sit above weight 1 (at D_t >> 0 nearly all of them sit at the clip bound).
+    lines += [
+        "### Teacher signal (mean over steps and seeds)",
+        "",
+        "| Method | teacher KL(P_S‖P_T) per token | mean D_t on correct rollouts |"
+        " reweighted tokens with weight > 1 |",
+        "|---|:---:|:---:|:---:|",
+    ]
+    report["teacher_signal"] = {}
+    for m in methods:
+        kl = reward_curves(out, [m], seeds, "teacher/kl_mean")[m]
+        if not any(kl):
+            continue
+        d = reward_curves(out, [m], seeds, "reweight/mean_log_ratio_correct")[m]
+        gt1 = reward_curves(out, [m], seeds, "reweight/weight_gt1_frac")[m]
+        tokens = reward_curves(out, [m], seeds, "update/pg_tokens")[m]
+        used = reward_curves(out, [m], seeds, "reweight/reweighted_tokens")[m]
+        share = [
+            g * t / u
+            for gs, ts, us in zip(gt1, tokens, used, strict=True)
+            for g, t, u in zip(gs, ts, us, strict=True)
+            if u > 0
+        ]
+        row = {
+            "teacher_kl": float(np.nanmean([x for s in kl for x in s])),
+            "mean_d_correct": float(np.nanmean([x for s in d for x in s])) if any(d) else None,
+            "weight_gt1_share": float(np.mean(share)) if share else None,
+        }
+        report["teacher_signal"][m] = row
+        d_text = f"{row['mean_d_correct']:.2f}" if row["mean_d_correct"] is not None else "–"
+        share_text = f"{100 * row['weight_gt1_share']:.0f}%" if share else "–"
+        lines.append(f"| {m} | {row['teacher_kl']:.2f} | {d_text} | {share_text} |")
+    lines.append("")
+
     # Verdicts, claim by claim.
     rows = table["methods"]
     verdicts: list[str] = []
