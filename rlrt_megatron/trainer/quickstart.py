@@ -62,11 +62,22 @@ class TaskSection:
     """countdown only: numbers per problem."""
     max_number: int = 9
     """countdown only: numbers are drawn from [1, max_number]."""
+    teacher_view_fraction: float = 0.0
+    """Share of the SFT problems also shown in the teacher's view: the user message is the
+    teacher prompt (`rlrt_megatron.teacher.templates`, peer and ground-truth templates in turn)
+    holding the worked solution, and the response is that solution. A tiny model never shown a
+    solution in context cannot read one, so its teacher view is uninformative (D_t large on
+    every token); this warm-up teaches it to follow the context, as a real LLM does."""
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
             raise ConfigError(f"quickstart.task.kind: {self.kind!r} is not one of {TASK_KINDS}")
+        if not 0.0 <= self.teacher_view_fraction <= 1.0:
+            raise ConfigError(
+                "quickstart.task.teacher_view_fraction must be in [0, 1], got "
+                f"{self.teacher_view_fraction}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +106,7 @@ def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
     from rlrt_megatron.trainer.warmup import sft_warmup
 
     work_dir.mkdir(parents=True, exist_ok=True)
+    check_prepared_with(quick, work_dir)
     base = work_dir / "base_model"
     if not (base / "model.safetensors").exists():
         m = quick.model
@@ -147,6 +159,7 @@ def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
     if not (warm / "model.safetensors").exists():
         records, _ = read_jsonl(sft_file)
         pairs = [(r.question, r.solution) for r in records if r.solution]
+        pairs += teacher_view_pairs(pairs, t.teacher_view_fraction, seed=t.seed)
         logger.info(
             "quickstart: SFT warm-up, %d steps on %d worked solutions",
             quick.warmup.steps,
@@ -155,6 +168,55 @@ def prepare(quick: QuickstartConfig, work_dir: Path) -> tuple[Path, Path, Path]:
         result = sft_warmup(base, warm, pairs, quick.warmup)
         logger.info("quickstart: warm-up done in %.0f s (written to %s)", result.seconds, warm)
     return warm, rl_file, test_file
+
+
+PREPARED_WITH = "prepared_with.json"
+
+
+def check_prepared_with(quick: QuickstartConfig, work_dir: Path) -> None:
+    """Refuse a work folder prepared from another ``quickstart:`` section (its artefacts are
+    reused by name: another task or warm-up would silently train from the wrong model); record
+    the section in a new folder. ``work_dir`` itself is not part of the record."""
+    import dataclasses
+
+    section = dataclasses.asdict(quick)
+    section.pop("work_dir", None)
+    path = work_dir / PREPARED_WITH
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded != json.loads(json.dumps(section)):
+            changed = sorted(
+                k for k in set(recorded) | set(section) if recorded.get(k) != section.get(k)
+            )
+            raise ConfigError(
+                f"{work_dir} was prepared from another quickstart section ({path}; differs in "
+                f"{changed}): use another folder (quickstart.work_dir, or another run folder) "
+                "or delete this one"
+            )
+        return
+    atomic_write_text(path, json.dumps(section, indent=2, sort_keys=True) + "\n")
+
+
+def teacher_view_pairs(
+    pairs: list[tuple[str, str]], fraction: float, *, seed: int
+) -> list[tuple[str, str]]:
+    """``round(fraction · len(pairs))`` of the (question, solution) pairs, drawn with ``seed``,
+    rewritten as (teacher prompt holding the solution, solution): the peer template (RLRT, SDPO,
+    SRPO) and the ground-truth template (RLSD) in turn, exactly as the trainer builds them."""
+    import random
+
+    from rlrt_megatron.teacher.templates import (
+        GROUND_TRUTH_TEMPLATE,
+        PEER_TEMPLATE,
+        teacher_prompt,
+    )
+
+    chosen = random.Random(seed).sample(pairs, round(fraction * len(pairs)))
+    templates = (PEER_TEMPLATE, GROUND_TRUTH_TEMPLATE)
+    return [
+        (teacher_prompt(question, solution, templates[i % 2]), solution)
+        for i, (question, solution) in enumerate(chosen)
+    ]
 
 
 TASK_REWARDS = {"arithmetic": ("math", "math_dapo"), "countdown": ("countdown",)}

@@ -69,3 +69,31 @@ def test_work_dir_points_several_runs_at_one_prepared_model(tmp_path):
     quick = from_dict(QuickstartConfig, {"work_dir": str(tmp_path / "shared")})
     assert quick.work_folder(tmp_path / "default") == tmp_path / "shared"
     assert from_dict(QuickstartConfig, {}).work_folder(tmp_path / "default") == tmp_path / "default"
+
+
+def test_teacher_view_pairs_show_the_solution_in_the_trainers_teacher_prompts():
+    from rlrt_megatron.teacher.templates import GROUND_TRUTH_TEMPLATE, PEER_TEMPLATE, teacher_prompt
+    from rlrt_megatron.trainer.quickstart import teacher_view_pairs
+
+    pairs = [(f"question {i}", f"solution {i}") for i in range(10)]
+    extra = teacher_view_pairs(pairs, 0.4, seed=0)
+    assert len(extra) == 4 and extra == teacher_view_pairs(pairs, 0.4, seed=0)
+    for i, (prompt, response) in enumerate(extra):
+        question = pairs[int(response.split()[-1])][0]
+        template = (PEER_TEMPLATE, GROUND_TRUTH_TEMPLATE)[i % 2]
+        assert prompt == teacher_prompt(question, response, template)
+    assert teacher_view_pairs(pairs, 0.0, seed=0) == []
+    with pytest.raises(ConfigError, match="teacher_view_fraction must be in"):
+        TaskSection(teacher_view_fraction=1.5)
+
+
+def test_a_work_folder_prepared_from_another_section_is_refused(tmp_path):
+    from rlrt_megatron.trainer.quickstart import check_prepared_with
+
+    quick = from_dict(QuickstartConfig, {"task": {"kind": "countdown"}})
+    check_prepared_with(quick, tmp_path)  # records the section
+    elsewhere = {"task": {"kind": "countdown"}, "work_dir": "elsewhere"}
+    check_prepared_with(from_dict(QuickstartConfig, elsewhere), tmp_path)  # work_dir not recorded
+    other = from_dict(QuickstartConfig, {"task": {"kind": "countdown", "num_numbers": 3}})
+    with pytest.raises(ConfigError, match=r"prepared from another quickstart section .*\['task'\]"):
+        check_prepared_with(other, tmp_path)
