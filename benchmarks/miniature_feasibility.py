@@ -11,7 +11,9 @@ and prints:
   curve for a *uniform guesser* that boxes a random bracket-free ordering x operator choice of
   the given numbers (computed exactly per problem: 1 - (1 - s/N)^k);
 - how often a sample is a well-formed answer over exactly the given numbers (format learnt) and
-  the fraction of problems whose 8-sample groups are mixed (RL signal at the runs' group size).
+  the fraction of problems whose 8-sample groups are mixed (RL signal at the runs' group size);
+- the accuracy when the prompt is the teacher's view holding the problem's own worked solution
+  (does the model read its context, as the teacher of RLRT / RLSD / SDPO must?).
 
 The task is what the issue asks for when the warmed-up model's pass@1 is low (~5-20%) and its
 pass@64 much higher.
@@ -102,6 +104,32 @@ def main() -> None:
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= args.samples]
     model_curve = {k: float(mean_pass_at_k(correct, k)) for k in ks}
     uniform_curve = {k: float(np.mean(1 - (1 - uniform_p) ** k)) for k in ks}
+    # Can the warmed-up model read a solution in its context (what the teacher view needs)?
+    # Each problem's prompt in the teacher's peer template holding its own worked solution,
+    # 8 samples each: a model that follows the context answers nearly always.
+    from rlrt_megatron.teacher.templates import PEER_TEMPLATE, teacher_prompt
+
+    start = time.perf_counter()
+    teacher_responses, _ = sample_responses(
+        model,
+        tokenizer,
+        [teacher_prompt(r.question, r.solution, PEER_TEMPLATE) for r in records],
+        num_samples=8,
+        max_new_tokens=args.max_new_tokens,
+        greedy=False,
+    )
+    teacher_s = time.perf_counter() - start
+    teacher_view_acc = float(
+        np.mean(
+            [
+                grade_countdown(
+                    tokenizer.decode(ids, skip_special_tokens=True), r.ground_truth
+                ).score
+                for r, group in zip(records, teacher_responses, strict=True)
+                for ids in group
+            ]
+        )
+    )
     per_problem8 = correct[:, :8].mean(axis=1)
     report = {
         "config": args.config,
@@ -111,6 +139,7 @@ def main() -> None:
         "pass_at_k_uniform_guess": uniform_curve,
         "well_formed_rate": float(well_formed.mean()),
         "mixed_groups_of_8": float(((per_problem8 > 0) & (per_problem8 < 1)).mean()),
+        "teacher_view_accuracy": teacher_view_acc,
         "prepare_seconds": prepare_s,
         "sampling_seconds": sample_s,
     }
@@ -122,6 +151,10 @@ def main() -> None:
         f"well-formed answers {100 * report['well_formed_rate']:.1f}%, mixed 8-sample groups "
         f"{100 * report['mixed_groups_of_8']:.1f}%; prepare {prepare_s:.0f} s, sampling "
         f"{sample_s:.0f} s"
+    )
+    print(
+        f"own worked solution in the teacher's peer template: {100 * teacher_view_acc:.1f}%"
+        f" correct (8 samples per problem, {teacher_s:.0f} s)"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
