@@ -51,6 +51,63 @@ def seeds_of(output: Path, method: str) -> int:
     return n
 
 
+def teacher_signal(out: Path, methods: list[str], seeds: int) -> tuple[list[str], dict[str, Any]]:
+    """How far the teacher view is from the student's, and how much of the reweighted tokens sit
+    above weight 1 (at D_t >> 0 nearly all of them sit at the clip bound): table lines + data."""
+    lines = [
+        "| Method | teacher KL(P_S‖P_T) per token | mean D_t on correct rollouts |"
+        " reweighted tokens with weight > 1 |",
+        "|---|:---:|:---:|:---:|",
+    ]
+    data: dict[str, Any] = {}
+    for m in methods:
+        kl = reward_curves(out, [m], seeds, "teacher/kl_mean")[m]
+        if not any(kl):
+            continue
+        d = reward_curves(out, [m], seeds, "reweight/mean_log_ratio_correct")[m]
+        gt1 = reward_curves(out, [m], seeds, "reweight/weight_gt1_frac")[m]
+        tokens = reward_curves(out, [m], seeds, "update/pg_tokens")[m]
+        used = reward_curves(out, [m], seeds, "reweight/reweighted_tokens")[m]
+        share = [
+            g * t / u
+            for gs, ts, us in zip(gt1, tokens, used, strict=True)
+            for g, t, u in zip(gs, ts, us, strict=True)
+            if u > 0
+        ]
+        row = {
+            "teacher_kl": float(np.nanmean([x for s in kl for x in s])),
+            "mean_d_correct": float(np.nanmean([x for s in d for x in s])) if any(d) else None,
+            "weight_gt1_share": float(np.mean(share)) if share else None,
+        }
+        data[m] = row
+        d_text = f"{row['mean_d_correct']:.2f}" if row["mean_d_correct"] is not None else "–"
+        share_text = f"{100 * row['weight_gt1_share']:.0f}%" if share else "–"
+        lines.append(f"| {m} | {row['teacher_kl']:.2f} | {d_text} | {share_text} |")
+    return lines + [""], data
+
+
+def rlrt_vs_grpo(rows: dict[str, Any], label: str = "") -> tuple[list[str], dict[str, Any]]:
+    """Verdict lines on RLRT vs GRPO over the held-out pass@k curve (the paper's Table 1/3 and
+    Figure 8 claims) + the outcomes per k."""
+    outcomes = {
+        k: compare_outcome(rows["rlrt"]["eval_pass@k"][k], rows["grpo"]["eval_pass@k"][k])
+        for k in rows["rlrt"]["eval_pass@k"]
+    }
+    shown = ", ".join(
+        f"pass@{k} {o[0]} ({o[1]:+.1f} vs spread {o[2]:.1f})"
+        for k, o in outcomes.items()
+        if k in KS
+    )
+    all_k = {o[0] for o in outcomes.values()}
+    lines = [
+        f"RLRT vs GRPO{label}, held-out: {shown}.",
+        f"RLRT dominates GRPO{label} from pass@1 to pass@64: "
+        + ("yes" if all_k == {"higher"} else f"no (outcomes over k: {sorted(all_k)})")
+        + ".",
+    ]
+    return lines, {k: list(o) for k, o in outcomes.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="runs/miniature")
@@ -68,7 +125,34 @@ def main() -> None:
         if (out / name).exists():
             shutil.copyfile(out / name, figures / name)
     report: dict[str, Any] = {"methods": methods, "seeds": seeds, "table": table}
-    lines = [f"### Methods ({seeds} seeds each, {out})", "", (out / TABLE_MD).read_text()]
+    lines = []
+    feasibility = {
+        name: json.loads(path.read_text())
+        for name, path in (
+            ("countdown.yaml", out / "feasibility.json"),
+            ("countdown_teacher_view.yaml", Path(f"{out}_teacher_view") / "feasibility.json"),
+        )
+        if path.is_file()
+    }
+    if feasibility:
+        lines += [
+            "### The warmed-up models (benchmarks/miniature_feasibility.py, HF sampling)",
+            "",
+            "| Warm-up | pass@1 | pass@8 | pass@64 | uniform guess pass@1 / @64 | well-formed |"
+            " reads a solution in the teacher's view |",
+            "|---|:---:|:---:|:---:|:---:|:---:|:---:|",
+        ]
+        for name, f in feasibility.items():
+            model, guess = f["pass_at_k_model"], f["pass_at_k_uniform_guess"]
+            lines.append(
+                f"| {name} | {100 * model['1']:.1f} | {100 * model['8']:.1f} |"
+                f" {100 * model['64']:.1f} | {100 * guess['1']:.1f} / {100 * guess['64']:.1f} |"
+                f" {100 * f['well_formed_rate']:.1f} |"
+                f" {100 * f.get('teacher_view_accuracy', float('nan')):.1f} |"
+            )
+        lines.append("")
+        report["feasibility"] = feasibility
+    lines += [f"### Methods ({seeds} seeds each, {out})", "", (out / TABLE_MD).read_text()]
 
     # ε_w sweep: rlrt at 0.2 and 0.5 next to the main comparison's rlrt (1.0) and grpo.
     sweep_rows: dict[str, Any] = {}
@@ -127,62 +211,15 @@ def main() -> None:
         lines.append(f"| {m} | {first:.3f} → {last:.3f} | {where} | {e0:.3f} → {e1:.3f} |")
     lines.append("")
 
-    # The teacher's signal: how far the teacher view is from the student's and how much of the
-    # reweighted tokens sit above weight 1 (at D_t >> 0 nearly all of them sit at the clip bound).
-    lines += [
-        "### Teacher signal (mean over steps and seeds)",
-        "",
-        "| Method | teacher KL(P_S‖P_T) per token | mean D_t on correct rollouts |"
-        " reweighted tokens with weight > 1 |",
-        "|---|:---:|:---:|:---:|",
-    ]
-    report["teacher_signal"] = {}
-    for m in methods:
-        kl = reward_curves(out, [m], seeds, "teacher/kl_mean")[m]
-        if not any(kl):
-            continue
-        d = reward_curves(out, [m], seeds, "reweight/mean_log_ratio_correct")[m]
-        gt1 = reward_curves(out, [m], seeds, "reweight/weight_gt1_frac")[m]
-        tokens = reward_curves(out, [m], seeds, "update/pg_tokens")[m]
-        used = reward_curves(out, [m], seeds, "reweight/reweighted_tokens")[m]
-        share = [
-            g * t / u
-            for gs, ts, us in zip(gt1, tokens, used, strict=True)
-            for g, t, u in zip(gs, ts, us, strict=True)
-            if u > 0
-        ]
-        row = {
-            "teacher_kl": float(np.nanmean([x for s in kl for x in s])),
-            "mean_d_correct": float(np.nanmean([x for s in d for x in s])) if any(d) else None,
-            "weight_gt1_share": float(np.mean(share)) if share else None,
-        }
-        report["teacher_signal"][m] = row
-        d_text = f"{row['mean_d_correct']:.2f}" if row["mean_d_correct"] is not None else "–"
-        share_text = f"{100 * row['weight_gt1_share']:.0f}%" if share else "–"
-        lines.append(f"| {m} | {row['teacher_kl']:.2f} | {d_text} | {share_text} |")
-    lines.append("")
+    signal_lines, report["teacher_signal"] = teacher_signal(out, methods, seeds)
+    lines += ["### Teacher signal (mean over steps and seeds)", "", *signal_lines]
 
     # Verdicts, claim by claim.
     rows = table["methods"]
     verdicts: list[str] = []
     if {"grpo", "rlrt"} <= set(rows):
-        outcomes = {
-            k: compare_outcome(rows["rlrt"]["eval_pass@k"][k], rows["grpo"]["eval_pass@k"][k])
-            for k in rows["rlrt"]["eval_pass@k"]
-        }
-        shown = ", ".join(
-            f"pass@{k} {o[0]} ({o[1]:+.1f} vs spread {o[2]:.1f})"
-            for k, o in outcomes.items()
-            if k in KS
-        )
-        verdicts.append(f"RLRT vs GRPO, held-out: {shown}.")
-        all_k = {o[0] for o in outcomes.values()}
-        verdicts.append(
-            "RLRT dominates GRPO from pass@1 to pass@64: "
-            + ("yes" if all_k == {"higher"} else f"no (outcomes over k: {sorted(all_k)})")
-            + "."
-        )
-        report["rlrt_vs_grpo"] = {k: list(o) for k, o in outcomes.items()}
+        found, report["rlrt_vs_grpo"] = rlrt_vs_grpo(rows)
+        verdicts += found
     if "rlrt_all" in report["collapse"]:
         c, r = report["collapse"]["rlrt_all"], report["collapse"].get("rlrt")
         verdicts.append(
@@ -227,6 +264,30 @@ def main() -> None:
             + "."
         )
         report["pass64_vs_base"] = {m: list(o) for m, o in narrowing.items()}
+    # The same comparison with a teacher that reads its context (teacher-view warm-up).
+    tv = Path(f"{out}_teacher_view")
+    tv_methods = [m for m in ("grpo", "rlrt") if seeds_of(tv, m)]
+    if tv_methods:
+        tv_seeds = min(seeds_of(tv, m) for m in tv_methods)
+        write_comparison(tv, tv_methods, tv_seeds)
+        tv_table = json.loads((tv / "compare.json").read_text())
+        for name in (CURVES_PNG, ENTROPY_PNG, PASS_AT_K_PNG):
+            if (tv / name).exists():
+                shutil.copyfile(tv / name, figures / f"teacher_view_{name}")
+        signal_lines, tv_signal = teacher_signal(tv, tv_methods, tv_seeds)
+        lines += [
+            f"### With a teacher that reads its context ({tv_seeds} seeds each, {tv})",
+            "",
+            (tv / TABLE_MD).read_text(),
+            *signal_lines,
+        ]
+        report["teacher_view"] = {"table": tv_table, "teacher_signal": tv_signal}
+        if set(tv_methods) == {"grpo", "rlrt"}:
+            found, report["teacher_view"]["rlrt_vs_grpo"] = rlrt_vs_grpo(
+                tv_table["methods"], " (teacher-view warm-up)"
+            )
+            verdicts += found
+
     lines += ["### Verdicts (computed)", ""] + [f"- {v}" for v in verdicts] + [""]
     lines += [
         "Rules: two means differ only when their difference exceeds the larger seed std; "
