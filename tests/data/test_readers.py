@@ -318,7 +318,9 @@ def test_json_lines_names_the_file_and_line_with_the_callers_error(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\n\n[2]\n{"b": \n')
     values = []
-    with pytest.raises(MyError, match=r"x\.jsonl:4: malformed JSON \(Expecting value at column 7\)"):
+    with pytest.raises(
+        MyError, match=r"x\.jsonl:4: malformed JSON \(Expecting value at column 7\)"
+    ):
         for where, number, value in json_lines(path, MyError):
             values.append((where.rsplit("/", 1)[-1], number, value))
     assert values == [("x.jsonl:1", 1, {"a": 1}), ("x.jsonl:3", 3, [2])]
