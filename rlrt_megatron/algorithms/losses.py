@@ -68,7 +68,7 @@ def rollout_importance_weights(
     π_old is the trainer's behaviour-policy log-prob, π_rollout what the engine (vLLM) reported
     when it sampled the token; they differ through kernels, precision and sampling processors. The
     weight is detached. Metrics: mean weight, the fraction of tokens truncated at C (before
-    truncation) and the mean |log π_old − log π_rollout| (the trainer/engine agreement of
+    truncation) and the mean and max |log π_old − log π_rollout| (the trainer/engine agreement of
     `rlrt_megatron.cluster.agreement`, also where no separate scoring pass ran), all over
     response tokens.
     """
@@ -78,12 +78,12 @@ def rollout_importance_weights(
         raw = torch.exp(log_w)
         weights = raw.clamp(max=clip)
         n = mask.sum().clamp(min=1)
+        diff = torch.where(mask, (old_logprobs - rollout_logprobs).abs(), 0.0)
         metrics = {
             "rollout_is_weight_mean": ((weights * mask).sum() / n).item(),
             "rollout_is_clipped_frac": (((raw > clip) & mask).sum() / n).item(),
-            "rollout_is_logprob_diff_mean": (
-                torch.where(mask, (old_logprobs - rollout_logprobs).abs(), 0.0).sum() / n
-            ).item(),
+            "rollout_is_logprob_diff_mean": (diff.sum() / n).item(),
+            "rollout_is_logprob_diff_max": diff.max().item() if diff.numel() else 0.0,
         }
     return weights.detach(), metrics
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlrt_megatron.data.readers import json_lines
 from rlrt_megatron.errors import CommandError
 from rlrt_megatron.megatron.score_inputs import (
     ScoreInputError,
@@ -60,18 +61,7 @@ def read_problem_counts(path: Path) -> dict[str, tuple[int, int]]:
     """
     counts: dict[str, list[int]] = {}
     given: dict[str, tuple[int, int]] = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise CommandError(f"cannot read {path}: {error.strerror or error}") from None
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise CommandError(f"{where}: malformed JSON ({error.msg})") from None
+    for where, _, record in json_lines(path, CommandError):
         if not isinstance(record, dict):
             raise CommandError(f"{where}: expected a JSON object")
         problem = problem_key(record)

@@ -25,7 +25,7 @@ Problems with the file itself (missing, unreadable, a required parquet column ab
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,32 @@ def read_prompts(
             f"{path}: unknown dataset format {path.suffix!r}; expected one of {sorted(readers)}"
         )
     return reader(path, on_bad_row=on_bad_row)
+
+
+def json_lines(
+    path: str | Path, error: Callable[[str], Exception]
+) -> Iterator[tuple[str, int, Any]]:
+    """``(where, line number, decoded JSON)`` of every non-blank line of a jsonl file, in order;
+    ``where`` is ``"path:line"`` for the caller's own messages.
+
+    Strict: an unreadable file or a malformed line raises ``error(message)`` naming the file (and
+    ``path:line``), the caller's own exception type (`rlrt score`'s and `rlrt analyze`'s inputs).
+    Dataset files, which may skip bad rows, go through `read_jsonl`.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise error(f"cannot read {path}: {reason}") from None
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise error(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        yield where, number, value
 
 
 def read_jsonl(

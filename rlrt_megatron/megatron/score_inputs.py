@@ -18,11 +18,11 @@ A library module (the command, `rlrt_megatron.megatron.score_command`, and
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlrt_megatron.data.readers import json_lines
 from rlrt_megatron.teacher.templates import PEER_TEMPLATE
 
 
@@ -134,21 +134,8 @@ def load_score_requests(
     ``path:line`` for the first bad one (ids outside ``[0, vocab_size)``, a prompt+response
     longer than ``max_positions``, ...)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise ScoreInputError(f"cannot read {path}: {error.strerror or error}") from None
     requests = []
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ScoreInputError(
-                f"{where}: malformed JSON ({error.msg} at column {error.colno})"
-            ) from None
+    for where, number, record in json_lines(path, ScoreInputError):
         request = parse_score_line(
             record,
             where,

@@ -405,8 +405,10 @@ def _scatter(values: torch.Tensor, slots: torch.Tensor, shape: tuple[int, ...]) 
     return flat.index_put((slots,), values).view(shape)
 
 
-# Metric keys that are sums over micro-batches (the rest are token-weighted means).
+# Metric keys that are sums over micro-batches, and those that are maxima (the rest are
+# token-weighted means).
 _SUMMED = ("loss", "pg_tokens", "distill_tokens", "nonfinite_loss", "microbatches")
+_MAXED = ("rollout_is_logprob_diff_max",)
 
 
 class _Record:
@@ -419,6 +421,10 @@ class _Record:
     def add(self, loss: torch.Tensor, metrics: dict[str, float], weight: float) -> None:
         metrics = {**metrics, "loss": float(loss)}
         for key, value in metrics.items():
+            if key in _MAXED:
+                self.sums[key] = max(self.sums.get(key, -math.inf), value)
+                self.weights[key] = 1.0
+                continue
             w = 1.0 if key in _SUMMED else _weight_of(key, metrics, weight)
             self.sums[key] = self.sums.get(key, 0.0) + w * value
             self.weights[key] = self.weights.get(key, 0.0) + w
@@ -432,10 +438,14 @@ class _Record:
         weights: dict[str, float] = {}
         for part_sums, part_weights in gathered:
             for key, value in part_sums.items():
+                if key in _MAXED:
+                    sums[key] = max(sums.get(key, -math.inf), value)
+                    weights[key] = 1.0
+                    continue
                 sums[key] = sums.get(key, 0.0) + value
                 weights[key] = weights.get(key, 0.0) + part_weights[key]
         out = {
-            key: value if key in _SUMMED else value / max(weights[key], 1e-30)
+            key: value if key in _SUMMED or key in _MAXED else value / max(weights[key], 1e-30)
             for key, value in sums.items()
         }
         out.setdefault("nonfinite_loss", 0.0)

@@ -68,8 +68,6 @@ from rlrt_megatron.trainer.step_batch import (
 logger = logging.getLogger(__name__)
 
 
-
-
 @dataclass
 class RunState:
     """What a checkpoint carries besides the model and optimizer."""
@@ -209,14 +207,18 @@ def _policy_metrics(
 
     From the scoring pass's rows. With the on-policy shortcut the update's forward is π_old:
     the entropy is its (``update/entropy``, all rows), and when no row was scored the agreement
-    is its mean |Δ| (``update/rollout_is_logprob_diff_mean``; no max then)."""
+    is its mean and max |Δ| (``update/rollout_is_logprob_diff_mean`` / ``_max``)."""
     out = {"update/on_policy_shortcut": float(shortcut)}
     mask = scores.response_mask & scored.unsqueeze(1)
     if mask.any():
         out.update(logprob_agreement(engine_logprobs, scores.student_log_prob, mask).metrics())
         out["policy/entropy"] = float(scores.student_entropy[mask].mean())
-    elif "update/rollout_is_logprob_diff_mean" in metrics:
-        out["rollout/logprob_diff_mean"] = metrics["update/rollout_is_logprob_diff_mean"]
+    else:
+        for stat in ("mean", "max"):
+            if f"update/rollout_is_logprob_diff_{stat}" in metrics:
+                out[f"rollout/logprob_diff_{stat}"] = metrics[
+                    f"update/rollout_is_logprob_diff_{stat}"
+                ]
     if shortcut and "update/entropy" in metrics:
         out["policy/entropy"] = metrics["update/entropy"]
     return out

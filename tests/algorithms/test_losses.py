@@ -53,6 +53,7 @@ def test_truncated_rollout_importance_weights():
     assert metrics["rollout_is_weight_mean"] == pytest.approx(4.5 / 4)
     assert metrics["rollout_is_clipped_frac"] == pytest.approx(0.25)
     assert metrics["rollout_is_logprob_diff_mean"] == pytest.approx(math.log(6.0) / 4)
+    assert metrics["rollout_is_logprob_diff_max"] == pytest.approx(math.log(3.0))
     loss, m = policy_loss(NEW, OLD, ADV, torch.ones(2, 2), rollout_logprobs=rollout)
     expected = (PER_TOKEN * torch.tensor([[2.0, 1.0], [0.5, 1.0]])).mean()
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)

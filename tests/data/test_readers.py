@@ -307,3 +307,22 @@ def test_reader_argument_errors(tmp_path: Path) -> None:
         read_prompts(tmp_path / "data.csv")
     with pytest.raises(DatasetError, match="no such file"):
         read_jsonl(tmp_path / "absent.jsonl")
+
+
+def test_json_lines_names_the_file_and_line_with_the_callers_error(tmp_path):
+    from rlrt_megatron.data.readers import json_lines
+
+    class MyError(Exception):
+        pass
+
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n\n[2]\n{"b": \n')
+    values = []
+    with pytest.raises(
+        MyError, match=r"x\.jsonl:4: malformed JSON \(Expecting value at column 7\)"
+    ):
+        for where, number, value in json_lines(path, MyError):
+            values.append((where.rsplit("/", 1)[-1], number, value))
+    assert values == [("x.jsonl:1", 1, {"a": 1}), ("x.jsonl:3", 3, [2])]
+    with pytest.raises(MyError, match="cannot read .*missing.jsonl"):
+        list(json_lines(tmp_path / "missing.jsonl", MyError))

@@ -79,7 +79,14 @@ class FakePolicy:
 
     def train_step(self, batch, update):
         self.batches.append((batch, update))
-        return [{"loss": 0.0, "entropy": 1.25, "rollout_is_logprob_diff_mean": 0.125}]
+        return [
+            {
+                "loss": 0.0,
+                "entropy": 1.25,
+                "rollout_is_logprob_diff_mean": 0.125,
+                "rollout_is_logprob_diff_max": 0.5,
+            }
+        ]
 
 
 class FakePlacement:
@@ -127,6 +134,7 @@ def test_grpo_one_minibatch_skips_the_scoring_pass(tmp_path):
     assert metrics["update/on_policy_shortcut"] == 1.0
     # Agreement and entropy come from the update's own forward (π_θ = π_old there).
     assert metrics["rollout/logprob_diff_mean"] == 0.125
+    assert metrics["rollout/logprob_diff_max"] == 0.5
     assert metrics["policy/entropy"] == 1.25
 
 
