@@ -51,6 +51,12 @@ def seeds_of(output: Path, method: str) -> int:
     return n
 
 
+def _finite(series: list[list[Any]]) -> list[float]:
+    """The finite values of per-seed metric series (metrics.jsonl writes NaN as a string)."""
+    values = [float(x) for s in series for x in s]
+    return [x for x in values if np.isfinite(x)]
+
+
 def teacher_signal(out: Path, methods: list[str], seeds: int) -> tuple[list[str], dict[str, Any]]:
     """How far the teacher view is from the student's, and how much of the reweighted tokens sit
     above weight 1 (at D_t >> 0 nearly all of them sit at the clip bound): table lines + data."""
@@ -69,14 +75,15 @@ def teacher_signal(out: Path, methods: list[str], seeds: int) -> tuple[list[str]
         tokens = reward_curves(out, [m], seeds, "update/pg_tokens")[m]
         used = reward_curves(out, [m], seeds, "reweight/reweighted_tokens")[m]
         share = [
-            g * t / u
+            float(g) * float(t) / float(u)
             for gs, ts, us in zip(gt1, tokens, used, strict=True)
             for g, t, u in zip(gs, ts, us, strict=True)
-            if u > 0
+            if float(u) > 0
         ]
+        d_values = _finite(d)
         row = {
-            "teacher_kl": float(np.nanmean([x for s in kl for x in s])),
-            "mean_d_correct": float(np.nanmean([x for s in d for x in s])) if any(d) else None,
+            "teacher_kl": float(np.mean(_finite(kl))),
+            "mean_d_correct": float(np.mean(d_values)) if d_values else None,
             "weight_gt1_share": float(np.mean(share)) if share else None,
         }
         data[m] = row
