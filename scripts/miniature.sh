@@ -13,7 +13,7 @@
 #   5. the report: tables, collapse check, verdicts ($OUT/report.md) and the figures in
 #      docs/figures/miniature/.
 # Every step resumes: finished runs are not rerun, an interrupted one continues from its
-# checkpoint. About 2 h on a quiet 2-core machine (24 runs of ~5 min each with the defaults,
+# checkpoint. About 2.5 h on a quiet 2-core machine (24 runs of 5-6 min each with the defaults,
 # plus two warm-ups of 3 and 5 minutes); SEEDS / SWEEP_SEEDS / OUT override the defaults.
 # Usage: scripts/miniature.sh   (from the repository root, after `make setup`)
 set -euo pipefail

@@ -316,7 +316,7 @@ def write_comparison(output: Path, methods: Sequence[str], seeds: int) -> Path:
     md.write_text(markdown(table))
     for key, png, label in (
         ("reward/mean", CURVES_PNG, "train reward"),
-        ("policy/entropy", ENTROPY_PNG, "policy entropy (nats/token)"),
+        ("policy/entropy", ENTROPY_PNG, "entropy (nats/token)"),
     ):
         curves = reward_curves(output, methods, seeds, key)
         steps = min(len(c) for series in curves.values() for c in series)
