@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlrt_megatron.data.readers import write_jsonl
-from rlrt_megatron.data.synthetic import reduce_steps
+from rlrt_megatron.data.synthetic import draw_distinct, reduce_steps
 
 QUESTION_TEMPLATE = (
     "Use {numbers} once each with + - * to make {target}. Put the expression in \\boxed{{}}."
@@ -154,15 +154,11 @@ def generate_countdown(
     if num_problems < 0:
         raise ValueError(f"num_problems must be >= 0, got {num_problems}")
     rng = random.Random(seed)
-    seen: set[str] = set()
-    problems: list[CountdownProblem] = []
-    for _ in range(50 * num_problems + 1000):
-        if len(problems) == num_problems:
-            break
-        problem = sample_problem(rng, num_numbers=num_numbers, max_number=max_number)
-        if problem.question not in seen:
-            seen.add(problem.question)
-            problems.append(problem)
+    problems = draw_distinct(
+        lambda: sample_problem(rng, num_numbers=num_numbers, max_number=max_number),
+        lambda p: p.question,
+        num_problems,
+    )
     if len(problems) < num_problems:
         raise ValueError(
             f"could only draw {len(problems)} distinct countdown problems with {num_numbers} "

@@ -15,11 +15,14 @@ reduction the solution shows (tests recompute it independently).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from rlrt_megatron.data.readers import write_jsonl
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,21 @@ def sample_problem(rng: random.Random, level: int) -> ArithmeticProblem:
     return make_problem(tokens, level)
 
 
+def draw_distinct(draw: Callable[[], T], key: Callable[[T], str], count: int) -> list[T]:
+    """Up to ``count`` draws with distinct ``key``, in draw order, giving up after
+    ``50 · count + 1000`` draws (the caller reports a shortfall in its own terms)."""
+    seen: set[str] = set()
+    items: list[T] = []
+    for _ in range(50 * count + 1000):
+        if len(items) == count:
+            break
+        item = draw()
+        if key(item) not in seen:
+            seen.add(key(item))
+            items.append(item)
+    return items
+
+
 def generate_problems(
     num_problems: int, *, seed: int, levels: Sequence[int] = (1, 2, 3)
 ) -> list[ArithmeticProblem]:
@@ -140,17 +158,12 @@ def generate_problems(
         if level not in LEVELS:
             raise ValueError(f"unknown level {level}; levels are {sorted(LEVELS)}")
     rng = random.Random(seed)
-    seen: set[str] = set()
-    problems: list[ArithmeticProblem] = []
     # Duplicates are rejected, so a small level (level 1 has 200 expressions) can run dry.
-    max_draws = 50 * num_problems + 1000
-    for _ in range(max_draws):
-        if len(problems) == num_problems:
-            break
-        problem = sample_problem(rng, rng.choice(list(levels)))
-        if problem.expression not in seen:
-            seen.add(problem.expression)
-            problems.append(problem)
+    problems = draw_distinct(
+        lambda: sample_problem(rng, rng.choice(list(levels))),
+        lambda p: p.expression,
+        num_problems,
+    )
     if len(problems) < num_problems:
         raise ValueError(
             f"could only draw {len(problems)} distinct problems of levels {list(levels)}; "
