@@ -4,9 +4,9 @@ A packed micro-batch is one row of ``t`` tokens holding several sequences back t
 ``cu_seqlens`` [n + 1] (int) gives their boundaries. Attention must stay inside each sequence and
 be causal there: token i of sequence s sees tokens 0..i of s and nothing of the other sequences.
 
-Without context parallelism (:func:`packed_causal_attention`) each sequence is one
-``scaled_dot_product_attention(is_causal=True)`` call: fused kernels on CUDA and CPU, no [t, t]
-mask and no score matrix kept (sequences of equal length share one batched call).
+Without context parallelism (:func:`packed_causal_attention`) sequences of similar length are
+gathered into right-padded batches, one ``scaled_dot_product_attention(is_causal=True)`` call
+each: fused kernels on CUDA and CPU, no [t, t] mask and no score matrix kept.
 
 With context parallelism over C ranks (:func:`context_parallel_causal_attention`) every
 sequence (padded to a multiple of 2C tokens, length L) is cut into 2C chunks of m = L / 2C and
@@ -144,6 +144,33 @@ def causal_suffix_attention(
     return torch.cat(parts, dim=1)
 
 
+PADDING_SLACK = 0.25
+"""How much attention work padding may add inside one bucket of `length_buckets` (0.25: the
+padded n·L_max² may exceed the real Σ L² by 25%)."""
+
+
+def length_buckets(lengths: Sequence[int], slack: float = PADDING_SLACK) -> list[list[int]]:
+    """Sequences (indices into ``lengths``) grouped for batched attention, longest first.
+
+    A bucket is padded to its longest sequence, so its causal attention costs about
+    n·L_max² against the real Σ L²: sequences join the current bucket while that ratio stays
+    within 1 + ``slack``. RL batches are dominated by responses near the length cap, so most
+    sequences share one or two buckets, and one batched call replaces one call per distinct
+    length (whose gathers and scatters cost more than the attention itself on small models)."""
+    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i])
+    buckets: list[list[int]] = []
+    longest, real = 0, 0
+    for i in order:
+        n = lengths[i]
+        if buckets and (len(buckets[-1]) + 1) * longest**2 <= (1 + slack) * (real + n * n):
+            buckets[-1].append(i)
+            real += n * n
+        else:
+            buckets.append([i])
+            longest, real = n, n * n
+    return buckets
+
+
 def packed_causal_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -157,34 +184,42 @@ def packed_causal_attention(
 
     q [t, hq, d], k / v [t, hk, d]; ``cu_seqlens`` [n + 1] with cu_seqlens[-1] == t.
     Returns [t, hq, d].
+
+    The sequences of a `length_buckets` bucket are gathered into one right-padded batch
+    [n, h, L_max, d] and go through one causal SDPA call. Padding needs no mask: it sits after
+    each sequence's last token, where the causal mask already hides it from every real query;
+    the padded queries' outputs are never gathered back (so they get no gradient). A padded
+    position repeats the sequence's last token, any real row would do.
     """
     bounds = [int(x) for x in cu_seqlens]
     if bounds[0] != 0 or bounds[-1] != q.shape[0]:
         raise ValueError(f"cu_seqlens (ending at {bounds[-1]}) do not cover {q.shape[0]} tokens")
-    qh, kh, vh = (x.transpose(0, 1) for x in (q, k, v))  # [h, t, d]
-    out = torch.empty_like(qh)
-    by_length: dict[int, list[int]] = {}
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-        if end > start:
-            by_length.setdefault(end - start, []).append(start)
-    for length, starts in by_length.items():
-        # Equal-length sequences go through one batched call: [n, h, L, d].
-        index = torch.cat([torch.arange(s, s + length) for s in starts]).to(q.device)
-        shape = (len(starts), length)
-        qs, ks, vs = (
-            x.index_select(1, index).unflatten(1, shape).transpose(0, 1) for x in (qh, kh, vh)
-        )
+    starts, lengths = bounds[:-1], [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    gqa = q.shape[1] != k.shape[1]
+    parts, rows_of_token, offset = [], torch.empty(q.shape[0], dtype=torch.long), 0
+    for bucket in length_buckets(lengths):
+        width = lengths[bucket[0]]
+        first = torch.tensor([starts[i] for i in bucket])
+        count = torch.tensor([lengths[i] for i in bucket])
+        steps = torch.arange(width)
+        # [n·width] packed positions: each sequence, then its last token again up to the width
+        index = (first[:, None] + torch.minimum(steps[None], count[:, None] - 1)).flatten()
+        real = steps[None] < count[:, None]  # [n, width]
+        rows = offset + torch.arange(len(bucket) * width).view(len(bucket), width)
+        rows_of_token[index.view_as(real)[real]] = rows[real]
+        offset += len(bucket) * width
+        qb, kb, vb = (
+            x.index_select(0, index.to(x.device)).unflatten(0, (len(bucket), width)).transpose(1, 2)
+            for x in (q, k, v)
+        )  # [n, h, width, d]
         res = F.scaled_dot_product_attention(
-            qs,
-            ks,
-            vs,
-            dropout_p=dropout,
-            is_causal=True,
-            scale=scale,
-            enable_gqa=qh.shape[0] != kh.shape[0],
-        )  # [n, h, L, d]
-        out.index_copy_(1, index, res.transpose(0, 1).flatten(1, 2))
-    return out.transpose(0, 1)
+            qb, kb, vb, dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa
+        )
+        parts.append(res.transpose(1, 2).flatten(0, 1))  # [n·width, hq, d]
+    if not parts:
+        return torch.empty_like(q)
+    padded = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return padded.index_select(0, rows_of_token.to(padded.device))
 
 
 def cp_chunk_bounds(
