@@ -14,7 +14,10 @@ needs disaggregated placement), reported beside the others: on two shared cores 
 the trainer compete for the same cores, so the overlap buys little there (its payoff is on
 GPUs with engines on their own devices). ``--no-one-step-off`` skips it.
 
-Nothing else should run on the machine meanwhile: the figures are wall-clock times.
+Nothing else should run on the machine meanwhile: the figures are wall-clock times. On a
+machine whose speed drifts (a shared VM host), ``--rounds R`` runs the systems alternately R
+times per workload (TRL, rlrt, rlrt one_step_off, then again) and pools each system's measured
+steps, so that a slow spell hits all of them alike; the ratio of every round is printed too.
 """
 
 from __future__ import annotations
@@ -45,14 +48,34 @@ def format_result(result: RunResult) -> list[str]:
 ONE_STEP_OFF = ("rollout.mode=one_step_off", "rollout.placement=disaggregated")
 
 
-def report(name: str, trl: RunResult, ours: RunResult, off: RunResult | None = None) -> str:
-    lines = [f"{name}: median over steps 3-{len(ours.steps)}"]
-    lines += format_result(trl) + format_result(ours) + (format_result(off) if off else [])
-    ratio = trl.median_step / ours.median_step
+def report(
+    name: str,
+    trl: list[RunResult],
+    ours: list[RunResult],
+    off: list[RunResult] | None = None,
+) -> str:
+    """The workload's table: each system's rounds pooled, then the ratios (and per round, when
+    there were several)."""
+    rounds = len(ours)
+    steps = len(ours[0].steps)
+    pooled_trl, pooled_ours = RunResult.pooled(trl), RunResult.pooled(ours)
+    pooled_off = RunResult.pooled(off) if off else None
+    where = f"steps 3-{steps}" + (f" of {rounds} alternating rounds" if rounds > 1 else "")
+    lines = [f"{name}: median over {where}"]
+    lines += format_result(pooled_trl) + format_result(pooled_ours)
+    lines += format_result(pooled_off) if pooled_off else []
+    ratio = pooled_trl.median_step / pooled_ours.median_step
     lines.append(f"  ratio TRL/rlrt s/step: {ratio:.2f}x  (> 1: rlrt-megatron faster)")
-    if off is not None:
+    if rounds > 1:
+        trl_rounds = trl if len(trl) == rounds else trl * rounds  # --reuse-trl: one TRL run
+        per_round = ", ".join(
+            f"{t.median_step / o.median_step:.2f}x" for t, o in zip(trl_rounds, ours, strict=True)
+        )
+        lines.append(f"    per round: {per_round}")
+    if pooled_off is not None:
         lines.append(
-            f"  ratio TRL/rlrt one_step_off s/step: {trl.median_step / off.median_step:.2f}x"
+            "  ratio TRL/rlrt one_step_off s/step: "
+            f"{pooled_trl.median_step / pooled_off.median_step:.2f}x"
         )
     return "\n".join(lines)
 
@@ -80,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-one-step-off", action="store_true", help="skip the rollout.mode=one_step_off row"
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the systems alternately this many times per workload and pool their steps",
+    )
+    parser.add_argument(
         "--reuse-trl",
         action="store_true",
         help="take TRL's figures from an earlier run's WORKDIR/<workload>/TRL_measured.json on "
@@ -89,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_python = Path(args.bench_python)
     if not bench_python.exists():
         parser.error(f"{bench_python} does not exist: run `make bench-trl` (it creates the venv)")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     names = ["tiny"] if args.quick else args.workloads.split(",")
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
@@ -101,20 +132,27 @@ def main(argv: list[str] | None = None) -> int:
             f"{name}: {info['parameters']:,} parameters, tokenizer {info['tokenizer']}", flush=True
         )
         saved_trl = folder / "TRL_measured.json"
+        trl: list[RunResult] = []
+        ours: list[RunResult] = []
+        off: list[RunResult] = []
         if args.reuse_trl and saved_trl.is_file():
-            trl = RunResult(**json.loads(saved_trl.read_text()))
+            trl.append(RunResult(**json.loads(saved_trl.read_text())))
             print(f"{name}: TRL figures reused from {saved_trl}", flush=True)
-        else:
-            trl = measured(run_trl(folder, bench_python), folder)
-        print(f"{name}: TRL done ({trl.median_step:.3f} s/step)", flush=True)
-        ours = measured(run_rlrt(folder), folder)
-        print(f"{name}: rlrt done ({ours.median_step:.3f} s/step)", flush=True)
-        off = None
-        if not args.no_one_step_off:
-            off = measured(run_rlrt(folder, ONE_STEP_OFF, label="rlrt_1off"), folder)
-            print(f"{name}: rlrt one_step_off done ({off.median_step:.3f} s/step)", flush=True)
-        reports.append(report(name, trl, ours, off))
-        dump[name] = {r.system: vars(r) for r in (trl, ours, off) if r is not None}
+        for round_ in range(1, args.rounds + 1):
+            tag = f" (round {round_}/{args.rounds})" if args.rounds > 1 else ""
+            if not (args.reuse_trl and trl):
+                trl.append(measured(run_trl(folder, bench_python), folder))
+                print(f"{name}: TRL done{tag} ({trl[-1].median_step:.3f} s/step)", flush=True)
+            ours.append(measured(run_rlrt(folder), folder))
+            print(f"{name}: rlrt done{tag} ({ours[-1].median_step:.3f} s/step)", flush=True)
+            if not args.no_one_step_off:
+                off.append(measured(run_rlrt(folder, ONE_STEP_OFF, label="rlrt_1off"), folder))
+                print(
+                    f"{name}: rlrt one_step_off done{tag} ({off[-1].median_step:.3f} s/step)",
+                    flush=True,
+                )
+        reports.append(report(name, trl, ours, off or None))
+        dump[name] = {runs[0].system: [vars(r) for r in runs] for runs in (trl, ours, off) if runs}
     print("\n" + "\n\n".join(reports))
     if args.json:
         Path(args.json).write_text(json.dumps(dump, indent=2))

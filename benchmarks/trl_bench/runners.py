@@ -45,9 +45,30 @@ class RunResult:
     wall_seconds: float = 0.0
     startup_seconds: float | None = None
     other_load: float = 0.0
+    first_measured: int = FIRST_MEASURED_STEP
+    """1-based index of the first step the medians count (1 for `pooled` results, whose steps
+    are already the measured ones)."""
 
     def measured(self) -> list[dict]:
-        return self.steps[FIRST_MEASURED_STEP - 1 :]
+        return self.steps[self.first_measured - 1 :]
+
+    @classmethod
+    def pooled(cls, runs: list[RunResult]) -> RunResult:
+        """One system's rounds as one result: the measured steps of every round (so medians
+        pool them), the highest peaks and other-load, the median start-up and wall time."""
+        if len(runs) == 1:
+            return runs[0]
+        startups = [r.startup_seconds for r in runs if r.startup_seconds is not None]
+        return cls(
+            system=runs[0].system,
+            steps=[s for r in runs for s in r.measured()],
+            peak_tree_rss_gb=max(r.peak_tree_rss_gb for r in runs),
+            peak_process_rss_gb=max(r.peak_process_rss_gb for r in runs),
+            wall_seconds=statistics.median(r.wall_seconds for r in runs),
+            startup_seconds=statistics.median(startups) if startups else None,
+            other_load=max(r.other_load for r in runs),
+            first_measured=1,
+        )
 
     @property
     def median_step(self) -> float:
