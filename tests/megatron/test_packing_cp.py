@@ -9,7 +9,8 @@ micro-batches) in float32 on gloo, in these layouts:
     world 2:  TP=2 padded | TP=2 packed | CP=2      (CP=2 vs CP=1; checkpoint CP=2 -> CP=1)
     world 4:  TP=2 x CP=2
 
-Everything must agree with the world-1 packed run to 1e-5 (parameters after the step too).
+Everything must agree with the world-1 packed run to 1e-5 (parameters after the step too; scores
+also get a float32 relative term, see SCORE_RTOL).
 CP=2 also scores a batch with a 1-token sequence pair (shorter than 2·CP tokens: the padding to
 2·CP is internal), and a checkpoint saved at CP=2 mid-run resumes at CP=1 to the same
 parameters as the CP=2 run's next step.
@@ -31,6 +32,12 @@ TOPK = 5
 MAX_TOKENS = 640  # the largest rollout (student + teacher) is 599 tokens: several micro-batches
 ADAMW = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-3, weight_decay=0.1)
 ATOL = 1e-5
+# Scores (log-probs, entropies: |x| up to ~8) are compared with a relative term too: layouts run
+# other GEMM and attention shapes, hence other float32 summation orders, and the rounding grows
+# with the magnitude. Seen here at most 3.6e-6 (all layouts, AVX512/AVX2/default kernels); one CI
+# machine went past a flat 1e-5 on the padded layout. The bound at |x| = 8 (4.2e-5, ~90 ulp) is
+# still hundreds of times below what a masking or indexing error moves (>= 1e-2).
+SCORE_RTOL = 4e-6
 HF_ATOL = 1e-4  # HF's attention sums in another order; same tolerance as test_actor_parallel
 
 # name: (world size, TP, CP, packing)
@@ -231,7 +238,11 @@ def test_scores_agree_with_the_packed_single_process_run(run, name):
         assert torch.equal(scores["topk_ids"], reference["topk_ids"])
         for field in SCORE_FIELDS:
             torch.testing.assert_close(
-                scores[field], reference[field], atol=ATOL, rtol=0, msg=f"{name} {field}"
+                scores[field],
+                reference[field],
+                atol=ATOL,
+                rtol=SCORE_RTOL,
+                msg=lambda default, field=field: f"{name} {field}: {default}",
             )
 
 
