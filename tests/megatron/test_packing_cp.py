@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from _dist import run_distributed
+from _topk import align_topk_to_reference
 
 pytestmark = pytest.mark.distributed
 
@@ -235,7 +236,8 @@ def test_scores_agree_with_the_packed_single_process_run(run, name):
     for rank in range(LAYOUTS[name][0]):  # every rank holds the full result
         scores = _scores(out, name, rank)
         assert torch.equal(scores["response_mask"], reference["response_mask"])
-        assert torch.equal(scores["topk_ids"], reference["topk_ids"])
+        # Ids may differ only by near-tie swaps (CI saw one in the padded layout); see _topk.
+        scores = align_topk_to_reference(scores, reference, atol=ATOL, rtol=SCORE_RTOL)
         for field in SCORE_FIELDS:
             torch.testing.assert_close(
                 scores[field],
