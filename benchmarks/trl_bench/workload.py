@@ -198,6 +198,10 @@ def rlrt_config(variant: Variant, folder: Path) -> dict:
             "data_parallel": 1,
             "mini_batches": 1,
             "max_tokens": 16384,
+            # RMSNorm and SwiGLU fused by torch.compile (compiled at start-up, before step 1;
+            # the s/step median starts at step 3): the layers' element-wise passes are what
+            # separates a 2-core update from its matmuls.
+            "compile_elementwise": True,
             "cpus_per_rank": 0.5,
             "optimizer": {
                 "lr": variant.lr,

@@ -70,6 +70,10 @@ class ActorConfig:
     attention: core attention of the layers: "auto" (Transformer Engine when importable, else
         PyTorch SDPA), "te", "sdpa" (fused kernels, no [s, s] score tensor) or "local"
         (megatron-core's unfused DotProductAttention).
+    compile_elementwise: fuse the layers' RMSNorms and SwiGLU (forward and backward) with
+        ``torch.compile`` (`rlrt_megatron.models.compiled_elementwise`): same numbers to float32
+        rounding, fewer passes over memory; costs a compilation per process at first use. For
+        the local spec (no Transformer Engine, which fuses these itself).
     """
 
     hf_path: str | Path
@@ -86,6 +90,7 @@ class ActorConfig:
     recompute: RecomputeMode = "none"
     recompute_num_layers: int = 1
     attention: AttentionBackend = "auto"
+    compile_elementwise: bool = False
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
@@ -155,6 +160,11 @@ class PolicyActor:
                 use_distributed_optimizer=config.optimizer.use_distributed_optimizer,
             ),
         )
+        if config.compile_elementwise:
+            from rlrt_megatron.models.compiled_elementwise import compile_elementwise
+
+            for chunk in self.model.chunks:
+                compile_elementwise(chunk)
         self.optimizer, self.scheduler = build_optimizer(self.model, config.optimizer)
         self.teacher = TeacherWeights(
             self.model,

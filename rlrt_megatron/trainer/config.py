@@ -126,6 +126,9 @@ class ActorSection:
     recompute_num_layers: int = 1
     attention: AttentionBackend = "auto"
     """Core attention: auto = Transformer Engine when importable, else PyTorch SDPA."""
+    compile_elementwise: bool = False
+    """Fuse the layers' RMSNorms and SwiGLU with torch.compile (local spec): fewer passes over
+    memory in every forward and backward, a compilation per rank at start-up (cached on disk)."""
     optimizer: AdamWConfig = field(default_factory=paper_optimizer)
     cpus_per_rank: float = 1.0
     gpus_per_rank: float = 0.0

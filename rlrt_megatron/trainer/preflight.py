@@ -9,6 +9,7 @@ Checked: the numeric ranges of the settings; the component configs built from th
 component's own checks); the model folder (a dense Qwen3 ``config.json``,
 weights present, every safetensors header readable and its data complete, tokenizer files);
 the actor's TP/PP and the engines' TP against the heads, KV heads and layers; the reward name;
+a C++ compiler for ``actor.compile_elementwise`` on CPU;
 the data files (present, readable, not empty); the run folder and resume target (a fresh start
 over existing checkpoints is refused unless ``trainer.overwrite``; ``resume=auto`` picks the
 newest checkpoint whose files are intact, naming those it skips and why).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import struct
 from collections.abc import Callable
@@ -217,6 +219,20 @@ def check_reward(config: Any) -> None:
         raise PreflightError(f"reward.name: {error}") from None
 
 
+def check_compiler(config: Any) -> None:
+    """``actor.compile_elementwise`` on CPU ranks: Inductor builds C++ kernels, so a C++
+    compiler must exist (checked on this node, where the ranks of a local run start)."""
+    if not config.actor.compile_elementwise or config.actor.gpus_per_rank:
+        return
+    candidates = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c]
+    if not any(shutil.which(c) for c in candidates):
+        raise PreflightError(
+            "actor.compile_elementwise=true on CPU ranks needs a C++ compiler (torch.compile "
+            f"builds C++ kernels there): none of {', '.join(candidates)} is on PATH; install "
+            "one or set actor.compile_elementwise=false"
+        )
+
+
 def check_data_files(config: Any) -> None:
     groups = (
         ("data.train_files", config.data.train_files),
@@ -319,6 +335,7 @@ def preflight(config: Any) -> Preflight:
     check_ranges(config)
     check_components(config)
     check_reward(config)
+    check_compiler(config)
     check_data_files(config)
     check_model(config)
     result = check_resume(config)

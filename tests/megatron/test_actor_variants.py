@@ -5,7 +5,9 @@ Two gloo ranks (TP=2) score the same rollouts and run the same RLRT update with
   vs PyTorch SDPA ("sdpa", the default without Transformer Engine) on packed micro-batches (the
   default) and on padded ones;
 - activation recomputation (`ActorConfig.recompute`): none / selective / full (blocks of one and
-  of two layers), with either attention.
+  of two layers), with either attention;
+- RMSNorm and SwiGLU compiled by ``torch.compile`` (`ActorConfig.compile_elementwise`), alone and
+  under full recomputation.
 The scores, the updated parameters and the step's metrics must agree with the local, no-recompute
 run up to reduction-order noise (float32).
 """
@@ -20,17 +22,20 @@ from _dist import run_distributed
 
 pytestmark = pytest.mark.distributed
 
-# name: (attention, recompute, recompute_num_layers, packing)
+# name: (attention, recompute, recompute_num_layers, packing, compile_elementwise)
 VARIANTS = {
-    "local": ("local", "none", 1, False),
-    "sdpa": ("sdpa", "none", 1, True),
-    "sdpa-padded": ("sdpa", "none", 1, False),
-    "local-selective": ("local", "selective", 1, False),
-    "sdpa-selective": ("sdpa", "selective", 1, True),
-    "sdpa-full1": ("sdpa", "full", 1, True),
-    "sdpa-full2": ("sdpa", "full", 2, True),
+    "local": ("local", "none", 1, False, False),
+    "sdpa": ("sdpa", "none", 1, True, False),
+    "sdpa-padded": ("sdpa", "none", 1, False, False),
+    "local-selective": ("local", "selective", 1, False, False),
+    "sdpa-selective": ("sdpa", "selective", 1, True, False),
+    "sdpa-full1": ("sdpa", "full", 1, True, False),
+    "sdpa-full2": ("sdpa", "full", 2, True, False),
+    "sdpa-compiled": ("sdpa", "none", 1, True, True),
+    "sdpa-compiled-full1": ("sdpa", "full", 1, True, True),
 }
 REFERENCE = "local"
+FUSED_CLASSES = {"CompiledRMSNorm", "CompiledSwiGLUMLP"}
 
 
 def _worker(rank: int, out_dir: str, hf_path: str) -> None:
@@ -41,7 +46,7 @@ def _worker(rank: int, out_dir: str, hf_path: str) -> None:
 
     out = Path(out_dir)
     batch = torch.load(out / "batch.pt")
-    for name, (attention, recompute, layers, packing) in VARIANTS.items():
+    for name, (attention, recompute, layers, packing, compiled) in VARIANTS.items():
         actor = PolicyActor(
             ActorConfig(
                 hf_path=hf_path,
@@ -52,8 +57,10 @@ def _worker(rank: int, out_dir: str, hf_path: str) -> None:
                 recompute_num_layers=layers,
                 attention=attention,
                 packing=packing,
+                compile_elementwise=compiled,
             )
         )
+        fused = sorted({type(m).__name__ for m in actor.model.chunks[0].modules()} & FUSED_CLASSES)
         core = {
             type(m).__name__
             for n, m in actor.model.chunks[0].named_modules()
@@ -72,6 +79,7 @@ def _worker(rank: int, out_dir: str, hf_path: str) -> None:
                     "metrics": metrics,
                     "granularity": granularity,
                     "core": core,
+                    "fused": fused,
                     "logprobs": scores.student_log_prob,
                 },
                 out / f"{name}.pt",
@@ -109,9 +117,10 @@ def runs(tmp_path_factory, tiny_qwen3_dir) -> dict[str, dict]:
 
 
 def test_variants_reach_megatron(runs):
-    for name, (attention, recompute, _, _) in VARIANTS.items():
+    for name, (attention, recompute, _, _, compiled) in VARIANTS.items():
         expected = "SDPADotProductAttention" if attention == "sdpa" else "DotProductAttention"
         assert runs[name]["core"] == {expected}, name
+        assert runs[name]["fused"] == (sorted(FUSED_CLASSES) if compiled else []), name
         assert runs[name]["granularity"] == (None if recompute == "none" else recompute), name
 
 

@@ -349,3 +349,15 @@ def test_a_checkpoint_without_its_hf_export_gets_it_on_resume(config_file, tmp_p
     calls.clear()
     _load_resume_checkpoint(load_run_config(config_file, ["trainer.save_hf=false"]), Run, newest)
     assert calls == [("load_on_rank", newest)]
+
+
+def test_compile_elementwise_without_a_cpp_compiler_is_refused(config_file, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler on it
+    monkeypatch.delenv("CXX", raising=False)
+    config = load_run_config(config_file, ["actor.compile_elementwise=true"])
+    with pytest.raises(PreflightError, match="actor.compile_elementwise=true on CPU ranks needs"):
+        preflight(config)
+    gpu = load_run_config(config_file, ["actor.compile_elementwise=true", "actor.gpus_per_rank=1"])
+    from rlrt_megatron.trainer.preflight import check_compiler
+
+    check_compiler(gpu)  # GPU ranks compile with Triton: no C++ compiler asked for
