@@ -4,9 +4,8 @@ Without Transformer Engine, megatron-core's local spec runs each layer's element
 separate eager ops: ``torch.nn.RMSNorm`` (forward fused on CPU since torch 2.9, but its backward
 is autograd's decomposition: pow, mean, rsqrt, several muls) and SwiGLU (``chunk``, ``silu``, a
 mul; its backward concatenates the two halves' gradients). Each op reads and writes the whole
-[tokens, width] tensor, so once the matmuls are efficient these passes are bandwidth-bound: on a
-2-core VM (~8 GB/s) one [15.7k, 512] fp32 RMSNorm forward + backward takes 184 ms eager and 75 ms
-compiled, one [15.7k, 2·1536] SwiGLU 560 ms against 315 ms.
+[tokens, width] tensor, so on a CPU with a few GB/s of memory bandwidth these passes, not the
+matmuls, decide much of an update's time (README, *Performance*).
 
 `compile_elementwise(model)` swaps those modules, in place, for subclasses whose forward calls
 a function compiled by Inductor (C++/OpenMP on CPU, Triton on GPU), forward and backward each
@@ -16,7 +15,7 @@ eager modules' own, term for term; results differ by float32 rounding only (test
 values and gradients).
 
 Cost: Inductor compiles each distinct graph (train / no-grad, 3-D / 4-D inputs) once per
-process, 5-15 s each on first use, then from its on-disk cache; shapes are dynamic, so new
+process, several seconds each on first use, then from its on-disk cache; shapes are dynamic, so new
 sequence lengths do not recompile. Hence ``ActorConfig.compile_elementwise`` is off by default
 and worth it where a step moves tens of thousands of tokens through the layers.
 
