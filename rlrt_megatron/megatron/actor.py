@@ -73,7 +73,8 @@ class ActorConfig:
     compile_elementwise: fuse the layers' RMSNorms and SwiGLU (forward and backward) with
         ``torch.compile`` (`rlrt_megatron.models.compiled_elementwise`): same numbers to float32
         rounding, fewer passes over memory; costs a compilation per process at first use. For
-        the local spec (no Transformer Engine, which fuses these itself).
+        the local spec (no Transformer Engine, which fuses these itself). Run on CPU only so
+        far; the CUDA (Triton) path is untested.
     """
 
     hf_path: str | Path

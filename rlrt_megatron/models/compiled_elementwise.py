@@ -8,15 +8,16 @@ mul; its backward concatenates the two halves' gradients). Each op reads and wri
 matmuls, decide much of an update's time (README, *Performance*).
 
 `compile_elementwise(model)` swaps those modules, in place, for subclasses whose forward calls
-a function compiled by Inductor (C++/OpenMP on CPU, Triton on GPU), forward and backward each
-one fused kernel. Parameters, their names and attributes (TP / sequence-parallel flags) stay
-as they are, so checkpoints, the bridge and the optimizer see the same model. The math is the
+a function compiled by Inductor (C++/OpenMP on CPU; Triton on GPU, a path not yet run by this
+project), forward and backward each one fused kernel. Parameters, their names and attributes
+(TP / sequence-parallel flags) stay as they are, so checkpoints, the bridge and the optimizer see
+the same model. The math is the
 eager modules' own, term for term; results differ by float32 rounding only (tests compare
 values and gradients).
 
 Cost: Inductor compiles each distinct graph (train / no-grad, 3-D / 4-D inputs) once per
-process, several seconds each on first use, then from its on-disk cache; shapes are dynamic, so new
-sequence lengths do not recompile. Hence ``ActorConfig.compile_elementwise`` is off by default
+process, several seconds each on first use, then from its on-disk cache; shapes are dynamic, so
+new sequence lengths do not recompile. Hence ``ActorConfig.compile_elementwise`` is off by default
 and worth it where a step moves tens of thousands of tokens through the layers.
 
 Scope: ``torch.nn.RMSNorm`` (what megatron's ``WrappedTorchNorm`` builds for RMSNorm) and
@@ -69,6 +70,7 @@ class CompiledRMSNorm(torch.nn.RMSNorm):
         return _compiled(rms_norm_reference)(x, self.weight, eps)
 
 
+@functools.cache
 def _compiled_mlp_class(base: type) -> type:
     """A subclass of megatron's ``MLP`` (``base``) whose gated SiLU is `swiglu_reference`
     compiled; everything else is megatron's own forward."""
@@ -84,10 +86,8 @@ def _compiled_mlp_class(base: type) -> type:
             return output, output_bias
 
     CompiledSwiGLUMLP.__qualname__ = CompiledSwiGLUMLP.__name__ = f"CompiledSwiGLU{base.__name__}"
+    CompiledSwiGLUMLP.compiled_elementwise = True  # swapped already: not wrapped twice
     return CompiledSwiGLUMLP
-
-
-_mlp_classes: dict[type, type] = {}
 
 
 def _is_plain_swiglu(mlp: Any) -> bool:
@@ -112,10 +112,11 @@ def compile_elementwise(model: torch.nn.Module) -> dict[str, int]:
         if type(module) is torch.nn.RMSNorm:
             module.__class__ = CompiledRMSNorm  # adds no state: a forward override only
             swapped["rms_norm"] += 1
-        elif isinstance(module, MLP) and _is_plain_swiglu(module):
-            base = type(module)
-            if base not in _mlp_classes.values():
-                cls = _mlp_classes.setdefault(base, _compiled_mlp_class(base))
-                module.__class__ = cls
-                swapped["swiglu_mlp"] += 1
+        elif (
+            isinstance(module, MLP)
+            and not getattr(module, "compiled_elementwise", False)
+            and _is_plain_swiglu(module)
+        ):
+            module.__class__ = _compiled_mlp_class(type(module))
+            swapped["swiglu_mlp"] += 1
     return swapped

@@ -37,7 +37,7 @@ def align_topk_to_reference(got: dict, want: dict, atol: float, rtol: float = 0.
     has_teacher = got.get("teacher_topk_log_prob") is not None
     aligned = dict(got)
     aligned["topk_ids"] = want_ids.clone()
-    flat = {"want_ids": want_ids.reshape(-1, k), "got_ids": got_ids.reshape(-1, k)}
+    got_rows, want_rows = got_ids.reshape(-1, k), want_ids.reshape(-1, k)
     got_s = got["student_topk_log_prob"].reshape(-1, k).double()
     want_s = want["student_topk_log_prob"].reshape(-1, k).double()
     if has_teacher:
@@ -47,7 +47,7 @@ def align_topk_to_reference(got: dict, want: dict, atol: float, rtol: float = 0.
         want_tail = want["teacher_tail"].reshape(-1)
         new_t, new_tail = got_t.clone(), got_tail.clone()
     for row in rows:
-        g, w = flat["got_ids"][row].tolist(), flat["want_ids"][row].tolist()
+        g, w = got_rows[row].tolist(), want_rows[row].tolist()
         where = (
             f"topk_ids row {row} (flattened): {g} (log-probs {got_s[row].tolist()}) vs "
             f"reference {w} ({want_s[row].tolist()})"
