@@ -70,8 +70,9 @@ class ActorConfig:
     attention: core attention of the layers: "auto" (Transformer Engine when importable, else
         PyTorch SDPA), "te", "sdpa" (fused kernels, no [s, s] score tensor) or "local"
         (megatron-core's unfused DotProductAttention).
-    compile_elementwise: fuse the layers' RMSNorms and SwiGLU (forward and backward) with
-        ``torch.compile`` (`rlrt_megatron.models.compiled_elementwise`): same numbers to float32
+    compile_elementwise: fuse the layers' RMSNorms, SwiGLU and RoPE (forward and backward) with
+        ``torch.compile`` (`rlrt_megatron.models.compiled_elementwise`, `...compiled_rope`): same
+        numbers to float32
         rounding, fewer passes over memory; costs a compilation per process at first use. For
         the local spec (no Transformer Engine, which fuses these itself). Run on CPU only so
         far; the CUDA (Triton) path is untested.

@@ -22,7 +22,9 @@ and worth it where a step moves tens of thousands of tokens through the layers.
 
 Scope: ``torch.nn.RMSNorm`` (what megatron's ``WrappedTorchNorm`` builds for RMSNorm) and
 megatron's ``MLP`` with a gated SiLU (SwiGLU), no clamp, no GLU offset, no bias fusion and no TE
-activation; anything else is left eager. Transformer Engine layers fuse these themselves.
+activation; anything else is left eager. Transformer Engine layers fuse these themselves. The
+attention layers' rotary embedding is fused too, by `rlrt_megatron.models.compiled_rope` (scope
+there).
 """
 
 from __future__ import annotations
@@ -104,10 +106,14 @@ def _is_plain_swiglu(mlp: Any) -> bool:
 
 def compile_elementwise(model: torch.nn.Module) -> dict[str, int]:
     """Swap, in place, every ``torch.nn.RMSNorm`` and every plain SwiGLU megatron ``MLP`` under
-    ``model`` for its compiled subclass. Returns how many of each were swapped."""
+    ``model`` for its compiled subclass, and route every attention layer's RoPE through
+    `rlrt_megatron.models.compiled_rope`. Returns how many of each were swapped / routed."""
+    from megatron.core.transformer.attention import Attention
     from megatron.core.transformer.mlp import MLP
 
-    swapped = {"rms_norm": 0, "swiglu_mlp": 0}
+    from rlrt_megatron.models.compiled_rope import enable_compiled_rope
+
+    swapped = {"rms_norm": 0, "swiglu_mlp": 0, "rope_attention": 0}
     for module in model.modules():
         if type(module) is torch.nn.RMSNorm:
             module.__class__ = CompiledRMSNorm  # adds no state: a forward override only
@@ -119,4 +125,7 @@ def compile_elementwise(model: torch.nn.Module) -> dict[str, int]:
         ):
             module.__class__ = _compiled_mlp_class(type(module))
             swapped["swiglu_mlp"] += 1
+        elif isinstance(module, Attention):
+            enable_compiled_rope(module.config)  # its queries' and keys' RoPE: compiled_rope
+            swapped["rope_attention"] += 1
     return swapped

@@ -127,7 +127,7 @@ class ActorSection:
     attention: AttentionBackend = "auto"
     """Core attention: auto = Transformer Engine when importable, else PyTorch SDPA."""
     compile_elementwise: bool = False
-    """Fuse the layers' RMSNorms and SwiGLU with torch.compile (local spec): fewer passes over
+    """Fuse the layers' RMSNorms, SwiGLU and RoPE with torch.compile (local spec): fewer passes over
     memory in every forward and backward, a compilation per rank at start-up (cached on disk)."""
     optimizer: AdamWConfig = field(default_factory=paper_optimizer)
     cpus_per_rank: float = 1.0

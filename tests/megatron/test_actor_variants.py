@@ -6,8 +6,8 @@ Two gloo ranks (TP=2) score the same rollouts and run the same RLRT update with
   default) and on padded ones;
 - activation recomputation (`ActorConfig.recompute`): none / selective / full (blocks of one and
   of two layers), with either attention;
-- RMSNorm and SwiGLU compiled by ``torch.compile`` (`ActorConfig.compile_elementwise`), alone and
-  under full recomputation.
+- RMSNorm, SwiGLU and RoPE compiled by ``torch.compile`` (`ActorConfig.compile_elementwise`),
+  alone and under full recomputation.
 The scores, the updated parameters and the step's metrics must agree with the local, no-recompute
 run up to reduction-order noise (float32).
 """
@@ -43,6 +43,7 @@ def _worker(rank: int, out_dir: str, hf_path: str) -> None:
     from rlrt_megatron.megatron.optimizer import AdamWConfig
     from rlrt_megatron.megatron.parallel import ParallelConfig, destroy_parallel
     from rlrt_megatron.megatron.train_step import TrainBatch, UpdateConfig
+    from rlrt_megatron.models.compiled_rope import compiled_rope_enabled
 
     out = Path(out_dir)
     batch = torch.load(out / "batch.pt")
@@ -67,6 +68,7 @@ def _worker(rank: int, out_dir: str, hf_path: str) -> None:
             if n.endswith("self_attention.core_attention")
         }
         granularity = actor.model.config.recompute_granularity
+        rope = compiled_rope_enabled(actor.model.config)
         scores = actor.score(batch["prompts"], batch["responses"])
         metrics = actor.train_step(
             TrainBatch(**batch), UpdateConfig(method="rlrt", mini_batches=1, max_tokens=64)
@@ -80,6 +82,7 @@ def _worker(rank: int, out_dir: str, hf_path: str) -> None:
                     "granularity": granularity,
                     "core": core,
                     "fused": fused,
+                    "compiled_rope": rope,
                     "logprobs": scores.student_log_prob,
                 },
                 out / f"{name}.pt",
@@ -121,6 +124,7 @@ def test_variants_reach_megatron(runs):
         expected = "SDPADotProductAttention" if attention == "sdpa" else "DotProductAttention"
         assert runs[name]["core"] == {expected}, name
         assert runs[name]["fused"] == (sorted(FUSED_CLASSES) if compiled else []), name
+        assert runs[name]["compiled_rope"] == compiled, name
         assert runs[name]["granularity"] == (None if recompute == "none" else recompute), name
 
 
