@@ -130,6 +130,17 @@ def _worker(rank: int, out_dir: str, hf_path: str, world: int) -> None:
     out = Path(out_dir)
     inputs = torch.load(out / "inputs.pt")
     prompts, responses, teachers = inputs["rollouts"]
+    if world == 1:
+        # Warm-up forward, discarded. The first forward of a 2-thread process came out, in
+        # about 1 of 13 fresh processes, up to 1.8e-4 off on the longest rollout, only on the
+        # tokens of the second half of its [300, 2] padded micro-batch (the half a second
+        # OpenMP thread computes), with SDPA and megatron's local attention alike; a second
+        # forward in the same process always matched the packed run bitwise (2.3e-6 from
+        # float64 HF). The cause (a first-call effect in the CPU runtime) is not found yet;
+        # it is reported in the issue notes. The layouts are compared after this warm-up.
+        _actor(hf_path, 1, 1, False).score(
+            prompts, responses, teacher_prompts=teachers, topk=TOPK, teacher_entropy=True
+        )
     for name, (size, tp, cp, packing) in LAYOUTS.items():
         if size != world:
             continue
