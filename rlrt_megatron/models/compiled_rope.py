@@ -138,11 +138,12 @@ def _install() -> None:
     attention.apply_rotary_pos_emb = apply_rotary_pos_emb
 
 
-def enable_compiled_rope(config: Any) -> None:
+def enable_compiled_rope(config: Any, enabled: bool = True) -> None:
     """Route the RoPE of every attention layer built from ``config`` (a megatron
-    ``TransformerConfig``) through the compiled path; other configs keep megatron's."""
+    ``TransformerConfig``) through the compiled path; other configs keep megatron's.
+    ``enabled=False`` sends ``config`` back to megatron's function (benchmarks compare both)."""
     _install()
-    setattr(config, _MARK, True)
+    setattr(config, _MARK, enabled)
 
 
 def compiled_rope_enabled(config: Any) -> bool:
