@@ -35,6 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rlrt_megatron.models.compile_cache import compiled as _compiled
+
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim, as ATen's composite ``rms_norm``: x [..., h] -> [..., h].
@@ -53,13 +55,6 @@ def swiglu_reference(x: torch.Tensor) -> torch.Tensor:
     """SwiGLU of a fused [gate; up] projection: x [..., 2i] -> silu(x[..., :i]) · x[..., i:]."""
     gate, up = torch.chunk(x, 2, dim=-1)
     return F.silu(gate) * up
-
-
-@functools.cache
-def _compiled(fn: Any) -> Any:
-    # One compiled wrapper per function and process; dynamic shapes: a new token count or
-    # sequence length reuses the kernel instead of recompiling.
-    return torch.compile(fn, dynamic=True)
 
 
 class CompiledRMSNorm(torch.nn.RMSNorm):

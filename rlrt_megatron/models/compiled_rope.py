@@ -25,10 +25,11 @@ indexed by packed offset (megatron's "exact mapping" mode for VLMs).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
+
+from rlrt_megatron.models.compile_cache import compiled as _compiled
 
 _MARK = "rlrt_compiled_rope"  # attribute set on a TransformerConfig by enable_compiled_rope
 
@@ -74,11 +75,6 @@ def thd_positions(cu_seqlens: torch.Tensor, cp_size: int, cp_rank: int) -> torch
     early = cp_rank * half + local
     late = full - (cp_rank + 1) * half + (local - half)
     return torch.where(local < half, early, late)
-
-
-@functools.cache
-def _compiled(fn: Any) -> Any:
-    return torch.compile(fn, dynamic=True)  # dynamic: new token counts reuse the kernel
 
 
 _megatron_apply_rotary_pos_emb: Any = None  # megatron's function, kept by _install
