@@ -14,6 +14,11 @@ needs disaggregated placement), reported beside the others: on two shared cores 
 the trainer compete for the same cores, so the overlap buys little there (its payoff is on
 GPUs with engines on their own devices). ``--no-one-step-off`` skips it.
 
+``--rlrt-variant LABEL=KEY=VALUE[,KEY=VALUE...]`` (repeatable) adds a row: `rlrt train` with
+those config overrides, run in the same rotation, so that a setting is measured side by side
+with the default config rather than minutes apart (e.g.
+``--rlrt-variant eager_engine=rollout.enforce_eager=true``).
+
 Nothing else should run on the machine meanwhile: the figures are wall-clock times. On a
 machine whose speed drifts (a shared VM host), ``--rounds R`` runs the systems alternately R
 times per workload (TRL, rlrt, rlrt one_step_off, then again) and pools each system's measured
@@ -53,6 +58,7 @@ def report(
     trl: list[RunResult],
     ours: list[RunResult],
     off: list[RunResult] | None = None,
+    variants: dict[str, list[RunResult]] | None = None,
 ) -> str:
     """The workload's table: each system's rounds pooled, then the ratios (and per round, when
     there were several)."""
@@ -64,10 +70,13 @@ def report(
     lines = [f"{name}: median over {where}"]
     lines += format_result(pooled_trl) + format_result(pooled_ours)
     lines += format_result(pooled_off) if pooled_off else []
+    pooled_variants = {label: RunResult.pooled(runs) for label, runs in (variants or {}).items()}
+    for pooled in pooled_variants.values():
+        lines += format_result(pooled)
     ratio = pooled_trl.median_step / pooled_ours.median_step
     lines.append(f"  ratio TRL/rlrt s/step: {ratio:.2f}x  (> 1: rlrt-megatron faster)")
+    trl_rounds = trl if len(trl) == rounds else trl * rounds  # --reuse-trl: one TRL run
     if rounds > 1:
-        trl_rounds = trl if len(trl) == rounds else trl * rounds  # --reuse-trl: one TRL run
         per_round = ", ".join(
             f"{t.median_step / o.median_step:.2f}x" for t, o in zip(trl_rounds, ours, strict=True)
         )
@@ -76,6 +85,15 @@ def report(
         lines.append(
             "  ratio TRL/rlrt one_step_off s/step: "
             f"{pooled_trl.median_step / pooled_off.median_step:.2f}x"
+        )
+    for label, pooled in pooled_variants.items():
+        per_round = ", ".join(
+            f"{t.median_step / v.median_step:.2f}x"
+            for t, v in zip(trl_rounds, variants[label], strict=True)
+        )
+        lines.append(
+            f"  ratio TRL/{label} s/step: {pooled_trl.median_step / pooled.median_step:.2f}x"
+            + (f"  (per round: {per_round})" if rounds > 1 else "")
         )
     return "\n".join(lines)
 
@@ -114,7 +132,20 @@ def main(argv: list[str] | None = None) -> int:
         help="take TRL's figures from an earlier run's WORKDIR/<workload>/TRL_measured.json on "
         "this machine (TRL's side does not change with rlrt-megatron's code); said in the output",
     )
+    parser.add_argument(
+        "--rlrt-variant",
+        action="append",
+        default=[],
+        metavar="LABEL=KEY=VALUE[,KEY=VALUE...]",
+        help="an extra `rlrt train` row with these config overrides, run in the same rotation",
+    )
     args = parser.parse_args(argv)
+    variant_overrides = {}
+    for spec in args.rlrt_variant:
+        label, sep, rest = spec.partition("=")
+        if not sep or not label.isidentifier() or "=" not in rest:
+            parser.error(f"--rlrt-variant {spec!r}: expected LABEL=KEY=VALUE[,KEY=VALUE...]")
+        variant_overrides[label] = tuple(rest.split(","))
     bench_python = Path(args.bench_python)
     if not bench_python.exists():
         parser.error(f"{bench_python} does not exist: run `make bench-trl` (it creates the venv)")
@@ -135,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         trl: list[RunResult] = []
         ours: list[RunResult] = []
         off: list[RunResult] = []
+        extra: dict[str, list[RunResult]] = {label: [] for label in variant_overrides}
         if args.reuse_trl and saved_trl.is_file():
             trl.append(RunResult(**json.loads(saved_trl.read_text())))
             print(f"{name}: TRL figures reused from {saved_trl}", flush=True)
@@ -151,8 +183,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name}: rlrt one_step_off done{tag} ({off[-1].median_step:.3f} s/step)",
                     flush=True,
                 )
-        reports.append(report(name, trl, ours, off or None))
-        dump[name] = {runs[0].system: [vars(r) for r in runs] for runs in (trl, ours, off) if runs}
+            for label, overrides in variant_overrides.items():
+                extra[label].append(measured(run_rlrt(folder, overrides, label=label), folder))
+                print(
+                    f"{name}: {label} done{tag} ({extra[label][-1].median_step:.3f} s/step)",
+                    flush=True,
+                )
+        reports.append(report(name, trl, ours, off or None, extra))
+        dump[name] = {
+            runs[0].system: [vars(r) for r in runs]
+            for runs in (trl, ours, off, *extra.values())
+            if runs
+        }
     print("\n" + "\n\n".join(reports))
     if args.json:
         Path(args.json).write_text(json.dumps(dump, indent=2))
