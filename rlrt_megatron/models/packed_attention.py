@@ -4,9 +4,11 @@ A packed micro-batch is one row of ``t`` tokens holding several sequences back t
 ``cu_seqlens`` [n + 1] (int) gives their boundaries. Attention must stay inside each sequence and
 be causal there: token i of sequence s sees tokens 0..i of s and nothing of the other sequences.
 
-Without context parallelism (:func:`packed_causal_attention`) sequences of similar length are
-gathered into right-padded batches, one ``scaled_dot_product_attention(is_causal=True)`` call
-each: fused kernels on CUDA and CPU, no [t, t] mask and no score matrix kept.
+Without context parallelism (:func:`packed_causal_attention`) runs of consecutive equal-length
+sequences are attended to in place (a view of the row is already a batch), and the other
+sequences, gathered by similar length into right-padded batches; one
+``scaled_dot_product_attention(is_causal=True)`` call each: fused kernels on CUDA and CPU, no
+[t, t] mask and no score matrix kept.
 
 With context parallelism over C ranks (:func:`context_parallel_causal_attention`) every
 sequence (padded to a multiple of 2C tokens, length L) is cut into 2C chunks of m = L / 2C and
@@ -171,6 +173,31 @@ def length_buckets(lengths: Sequence[int], slack: float = PADDING_SLACK) -> list
     return buckets
 
 
+MIN_RUN_SEQUENCES = 4
+"""Consecutive sequences of equal length that `packed_causal_attention` attends to in place (a
+view of the packed row, no gather): a run needs at least this many. Shorter runs join the
+gathered buckets, where one call covers sequences of several lengths."""
+
+
+def equal_length_runs(
+    lengths: Sequence[int], min_run: int = MIN_RUN_SEQUENCES
+) -> list[tuple[int, int]]:
+    """Runs (first sequence, count) of at least ``min_run`` consecutive, non-empty sequences of
+    one length, in packed order.
+
+    The micro-batch planner packs rollouts longest first (`plan_microbatches`), and RL batches
+    are dominated by responses at the length cap, so most of a packed row is a few such runs."""
+    runs, i = [], 0
+    while i < len(lengths):
+        j = i
+        while j + 1 < len(lengths) and lengths[j + 1] == lengths[i]:
+            j += 1
+        if lengths[i] > 0 and j - i + 1 >= min_run:
+            runs.append((i, j - i + 1))
+        i = j + 1
+    return runs
+
+
 def packed_causal_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -185,15 +212,67 @@ def packed_causal_attention(
     q [t, hq, d], k / v [t, hk, d]; ``cu_seqlens`` [n + 1] with cu_seqlens[-1] == t.
     Returns [t, hq, d].
 
-    The sequences of a `length_buckets` bucket are gathered into one right-padded batch
-    [n, h, L_max, d] and go through one causal SDPA call. Padding needs no mask: it sits after
-    each sequence's last token, where the causal mask already hides it from every real query;
-    the padded queries' outputs are never gathered back (so they get no gradient). A padded
-    position repeats the sequence's last token, any real row would do.
+    The row is cut (``split``: views, its backward one concatenation) into segments: each run of
+    `equal_length_runs` is already a batch [count, L, h, d] of the packed row and goes through
+    one causal SDPA call as it is; the sequences between runs are gathered by `_bucketed`. The
+    segments' outputs are concatenated back in packed order. Without runs this is `_bucketed` on
+    the whole row.
     """
     bounds = [int(x) for x in cu_seqlens]
     if bounds[0] != 0 or bounds[-1] != q.shape[0]:
         raise ValueError(f"cu_seqlens (ending at {bounds[-1]}) do not cover {q.shape[0]} tokens")
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    runs = equal_length_runs(lengths)
+    if not runs:
+        return _bucketed(q, k, v, bounds, scale=scale, dropout=dropout)
+    gqa = q.shape[1] != k.shape[1]
+    # Segments in packed order: ("run", count, L) or ("gather", first sequence, end sequence).
+    segments: list[tuple[str, int, int]] = []
+    sizes: list[int] = []
+    seq = 0
+    for first, count in runs:
+        if first > seq:
+            segments.append(("gather", seq, first))
+            sizes.append(bounds[first] - bounds[seq])
+        segments.append(("run", count, lengths[first]))
+        sizes.append(count * lengths[first])
+        seq = first + count
+    if seq < len(lengths):
+        segments.append(("gather", seq, len(lengths)))
+        sizes.append(bounds[-1] - bounds[seq])
+    outs = []
+    for (kind, a, b), qs, ks, vs in zip(
+        segments, q.split(sizes), k.split(sizes), v.split(sizes), strict=True
+    ):
+        if kind == "run":
+            qb, kb, vb = (x.unflatten(0, (a, b)).transpose(1, 2) for x in (qs, ks, vs))
+            res = F.scaled_dot_product_attention(
+                qb, kb, vb, dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa
+            )  # [count, hq, L, d]
+            outs.append(res.transpose(1, 2).flatten(0, 1))
+        else:
+            local = [x - bounds[a] for x in bounds[a : b + 1]]
+            outs.append(_bucketed(qs, ks, vs, local, scale=scale, dropout=dropout))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _bucketed(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bounds: list[int],
+    *,
+    scale: float,
+    dropout: float,
+) -> torch.Tensor:
+    """`packed_causal_attention` by gathering: the sequences of a `length_buckets` bucket are
+    gathered into one right-padded batch [n, h, L_max, d] and go through one causal SDPA call.
+
+    Padding needs no mask: it sits after each sequence's last token, where the causal mask
+    already hides it from every real query; the padded queries' outputs are never gathered back
+    (so they get no gradient). A padded position repeats the sequence's last token, any real row
+    would do.
+    """
     starts, lengths = bounds[:-1], [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     gqa = q.shape[1] != k.shape[1]
     parts, rows_of_token, offset = [], torch.empty(q.shape[0], dtype=torch.long), 0

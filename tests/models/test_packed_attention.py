@@ -12,6 +12,7 @@ from rlrt_megatron.models.packed_attention import (
     context_parallel_causal_attention,
     cp_chunk_bounds,
     cp_local_positions,
+    equal_length_runs,
     length_buckets,
     packed_causal_attention,
 )
@@ -80,6 +81,46 @@ def test_packed_attention_gradients_match_the_reference_across_several_buckets()
     for x in (q, k, v):
         x.grad = None
     reference = dense_reference(q, k, v, cu, 0.35)
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(out, reference, atol=1e-10, rtol=0)
+    for got, x in zip(grads, (q, k, v), strict=True):
+        torch.testing.assert_close(got, x.grad, atol=1e-10, rtol=0)
+
+
+def test_equal_length_runs_need_min_run_consecutive_nonempty_sequences():
+    lengths = [9, 9, 9, 9, 5, 3, 3, 3, 0, 0, 0, 0, 7, 7, 7, 7, 7]
+    assert equal_length_runs(lengths, min_run=4) == [(0, 4), (12, 5)]
+    assert equal_length_runs(lengths, min_run=3) == [(0, 4), (5, 3), (12, 5)]
+    assert equal_length_runs([4, 5, 4, 5], min_run=2) == []  # equal, but not consecutive
+    assert equal_length_runs([], min_run=1) == []
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        [6] * 5,  # one run: the whole row, no gather
+        [9] * 4 + [8] * 4 + [3, 1],  # two runs, then a gathered tail
+        [2, 5, 1] + [7] * 6 + [0, 4] + [3] * 4 + [2],  # gathered head, middle and tail, empty seq
+        [11] * 3 + [4] * 2,  # runs shorter than MIN_RUN_SEQUENCES: all gathered
+    ],
+)
+@pytest.mark.parametrize("heads", [(4, 2), (4, 4)])
+def test_packed_attention_in_place_runs_match_the_reference_values_and_gradients(lengths, heads):
+    """Runs of >= MIN_RUN_SEQUENCES equal lengths are attended to as views of the packed row,
+    the sequences between them are gathered: values and gradients as the document-causal
+    definition (grouped-query and plain heads)."""
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    hq, hk = heads
+    q, k, v = (x.requires_grad_() for x in random_qkv(cu[-1], hq=hq, hk=hk, seed=len(lengths)))
+    weights = torch.linspace(-1, 1, cu[-1] * hq * 8, dtype=q.dtype).view(cu[-1], hq, 8)
+    out = packed_causal_attention(q, k, v, cu, scale=0.3)
+    (out * weights).sum().backward()
+    grads = [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    reference = dense_reference(q, k, v, cu, 0.3)
     (reference * weights).sum().backward()
     torch.testing.assert_close(out, reference, atol=1e-10, rtol=0)
     for got, x in zip(grads, (q, k, v), strict=True):
