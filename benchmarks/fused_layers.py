@@ -1,4 +1,5 @@
-"""What `actor.compile_elementwise` buys in an update, measured by alternating, in one process.
+"""What `actor.compile_elementwise` and in-place packed attention buy in an update, measured by
+alternating, in one process.
 
 On a shared VM whose speed drifts within minutes, two benchmark runs minutes apart cannot resolve
 a 5-10% change of one phase (see README, *Performance*). Here one rank runs the GRPO update of a
@@ -10,6 +11,9 @@ layers switched between, step by step, in rotation:
     norm+swiglu    RMSNorm and SwiGLU compiled (`rlrt_megatron.models.compiled_elementwise`)
     all            norm+swiglu and RoPE compiled (`rlrt_megatron.models.compiled_rope`): what
                    ``compile_elementwise: true`` runs
+    all-gathered   all, but packed attention gathers every sequence into length buckets (the
+                   code before runs of equal lengths were attended to in place:
+                   `rlrt_megatron.models.packed_attention.equal_length_runs`)
 
 The model is built from the variant's config (seed 0; the weights do not matter for speed),
 each setting is warmed up once (compilation), then ``--rounds`` rotations are timed. Printed:
@@ -29,18 +33,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SETTINGS = ("eager", "norm+swiglu", "all")
+from rlrt_megatron.models.packed_attention import equal_length_runs as _EQUAL_LENGTH_RUNS  # noqa: E402
+
+SETTINGS = ("eager", "norm+swiglu", "all", "all-gathered")
+
+
+def _no_runs(lengths, min_run=None) -> list:
+    return []
 
 
 def _set_layers(swapped: list, configs: list, setting: str) -> None:
     """Put every swapped module back to its megatron class (eager) or its compiled class, and
-    route RoPE to megatron's or the compiled function."""
+    route RoPE to megatron's or the compiled function; ``all-gathered`` also turns off the
+    in-place attention of equal-length runs."""
+    from rlrt_megatron.models import packed_attention
     from rlrt_megatron.models.compiled_rope import enable_compiled_rope
 
+    # packed_causal_attention looks the function up at each call: no runs, everything gathered.
+    packed_attention.equal_length_runs = (
+        _no_runs if setting == "all-gathered" else _EQUAL_LENGTH_RUNS
+    )
     for module, compiled_class in swapped:
         module.__class__ = compiled_class.__mro__[1] if setting == "eager" else compiled_class
     for config in configs:
-        enable_compiled_rope(config, enabled=setting == "all")
+        enable_compiled_rope(config, enabled=setting.startswith("all"))
 
 
 def _rank(rank: int, model_dir: str, args: dict) -> dict:
