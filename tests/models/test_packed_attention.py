@@ -73,14 +73,20 @@ def test_packed_attention_gradients_match_the_reference_across_several_buckets()
     for n in lengths:
         cu.append(cu[-1] + n)
     assert len(length_buckets(lengths)) > 1
-    q, k, v = (x.requires_grad_() for x in random_qkv(cu[-1], seed=5))
-    weights = torch.linspace(-1, 1, cu[-1] * 4 * 8, dtype=q.dtype).view(cu[-1], 4, 8)
-    out = packed_causal_attention(q, k, v, cu, scale=0.35)
+    assert_values_and_gradients_match_the_reference(cu, hq=4, hk=2, seed=5, scale=0.35)
+
+
+def assert_values_and_gradients_match_the_reference(cu, *, hq, hk, seed, scale):
+    """packed_causal_attention's output and q/k/v gradients (of a weighted sum) equal the dense
+    document-causal definition's at 1e-10 (float64)."""
+    q, k, v = (x.requires_grad_() for x in random_qkv(cu[-1], hq=hq, hk=hk, seed=seed))
+    weights = torch.linspace(-1, 1, cu[-1] * hq * 8, dtype=q.dtype).view(cu[-1], hq, 8)
+    out = packed_causal_attention(q, k, v, cu, scale=scale)
     (out * weights).sum().backward()
     grads = [x.grad.clone() for x in (q, k, v)]
     for x in (q, k, v):
         x.grad = None
-    reference = dense_reference(q, k, v, cu, 0.35)
+    reference = dense_reference(q, k, v, cu, scale)
     (reference * weights).sum().backward()
     torch.testing.assert_close(out, reference, atol=1e-10, rtol=0)
     for got, x in zip(grads, (q, k, v), strict=True):
@@ -113,18 +119,7 @@ def test_packed_attention_in_place_runs_match_the_reference_values_and_gradients
     for n in lengths:
         cu.append(cu[-1] + n)
     hq, hk = heads
-    q, k, v = (x.requires_grad_() for x in random_qkv(cu[-1], hq=hq, hk=hk, seed=len(lengths)))
-    weights = torch.linspace(-1, 1, cu[-1] * hq * 8, dtype=q.dtype).view(cu[-1], hq, 8)
-    out = packed_causal_attention(q, k, v, cu, scale=0.3)
-    (out * weights).sum().backward()
-    grads = [x.grad.clone() for x in (q, k, v)]
-    for x in (q, k, v):
-        x.grad = None
-    reference = dense_reference(q, k, v, cu, 0.3)
-    (reference * weights).sum().backward()
-    torch.testing.assert_close(out, reference, atol=1e-10, rtol=0)
-    for got, x in zip(grads, (q, k, v), strict=True):
-        torch.testing.assert_close(got, x.grad, atol=1e-10, rtol=0)
+    assert_values_and_gradients_match_the_reference(cu, hq=hq, hk=hk, seed=len(lengths), scale=0.3)
 
 
 def test_packed_attention_rejects_boundaries_that_miss_tokens():
