@@ -22,6 +22,11 @@ from typing import Literal
 import torch
 
 from rlrt_megatron.megatron.forward import Ids
+from rlrt_megatron.megatron.host_allocator import (
+    HOST_ALLOCATORS,
+    HostAllocator,
+    apply_host_allocator,
+)
 from rlrt_megatron.megatron.optimizer import AdamWConfig, build_optimizer
 from rlrt_megatron.megatron.parallel import (
     ParallelConfig,
@@ -76,6 +81,11 @@ class ActorConfig:
         rounding, fewer passes over memory; costs a compilation per process at first use. For
         the local spec (no Transformer Engine, which fuses these itself). Run on CPU only so
         far; the CUDA (Triton) path is untested.
+    host_allocator: how this rank's process gets host memory from glibc
+        (`rlrt_megatron.megatron.host_allocator`): "retain" keeps freed memory for reuse (no
+        per-step page faults of the update's activations), "system" leaves glibc as it is,
+        "auto" is "retain" without CUDA and "system" with it. Process-wide, set when the actor
+        is built.
     """
 
     hf_path: str | Path
@@ -93,8 +103,13 @@ class ActorConfig:
     recompute_num_layers: int = 1
     attention: AttentionBackend = "auto"
     compile_elementwise: bool = False
+    host_allocator: HostAllocator = "auto"
 
     def __post_init__(self) -> None:
+        if self.host_allocator not in HOST_ALLOCATORS:
+            raise ValueError(
+                f"host_allocator must be one of {HOST_ALLOCATORS}, not {self.host_allocator!r}"
+            )
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"attention must be one of {ATTENTION_BACKENDS}, not {self.attention!r}"
@@ -136,6 +151,11 @@ class PolicyActor:
         from megatron.core.distributed import DistributedDataParallelConfig
 
         self.config = config
+        # Before the model exists: its parameters and the update's activations then come from
+        # the heap that the setting keeps.
+        self.retains_host_memory = apply_host_allocator(
+            config.host_allocator, cuda=torch.cuda.is_available()
+        )
         if mpu.model_parallel_is_initialized():
             state = current_parallel_state()
             layout = (state.tensor_parallel, state.pipeline_parallel, state.context_parallel)

@@ -40,6 +40,7 @@ from rlrt_megatron.configuration import load_config
 from rlrt_megatron.data.prompt_format import PromptFormat
 from rlrt_megatron.data.records import OnBadRow
 from rlrt_megatron.megatron.actor import RecomputeMode
+from rlrt_megatron.megatron.host_allocator import HostAllocator
 from rlrt_megatron.megatron.optimizer import AdamWConfig
 from rlrt_megatron.megatron.parallel import ParallelConfig
 from rlrt_megatron.megatron.teacher_weights import TeacherWeightsMode
@@ -129,6 +130,10 @@ class ActorSection:
     compile_elementwise: bool = False
     """Fuse the layers' RMSNorms, SwiGLU and RoPE with torch.compile (local spec): fewer passes over
     memory in every forward and backward, a compilation per rank at start-up (cached on disk)."""
+    host_allocator: HostAllocator = "auto"
+    """Host memory of each rank's process (rlrt_megatron/megatron/host_allocator.py): retain
+    (glibc keeps freed memory: no page faults re-zeroing the update's activations every step),
+    system (glibc's defaults), auto = retain on CPU ranks, system where CUDA is present."""
     optimizer: AdamWConfig = field(default_factory=paper_optimizer)
     cpus_per_rank: float = 1.0
     gpus_per_rank: float = 0.0

@@ -84,6 +84,7 @@ def _worker(rank: int, out_dir: str, hf_path: str) -> None:
                     "fused": fused,
                     "compiled_rope": rope,
                     "logprobs": scores.student_log_prob,
+                    "retains_host_memory": actor.retains_host_memory,
                 },
                 out / f"{name}.pt",
             )
@@ -126,6 +127,8 @@ def test_variants_reach_megatron(runs):
         assert runs[name]["fused"] == (sorted(FUSED_CLASSES) if compiled else []), name
         assert runs[name]["compiled_rope"] == compiled, name
         assert runs[name]["granularity"] == (None if recompute == "none" else recompute), name
+        # host_allocator "auto" on a CPU rank: glibc keeps freed memory (host_allocator.py)
+        assert runs[name]["retains_host_memory"] is True, name
 
 
 @pytest.mark.parametrize("name", [n for n in VARIANTS if n != REFERENCE])
@@ -149,6 +152,8 @@ def test_bad_settings_name_the_field():
         ActorConfig(hf_path="x", recompute="full", recompute_num_layers=0)
     with pytest.raises(ValueError, match="attention must be one of"):
         ActorConfig(hf_path="x", attention="flash")
+    with pytest.raises(ValueError, match="host_allocator must be one of"):
+        ActorConfig(hf_path="x", host_allocator="tcmalloc")
 
 
 def test_te_attention_without_transformer_engine_says_so():
