@@ -7,14 +7,17 @@ with a fresh ``mmap`` and unmaps it on ``free``, so each step the kernel faults 
 those pages again. Measured on that update (one rank, 2 threads, an ad-hoc alternation of
 processes): about 1 M minor page faults and 3.5-4.5 s of kernel CPU time per update with glibc's
 defaults; 25-90 k faults and 1.8-2.9 s with mmap and trimming off (``retain``), the same user
-time.
+time. In `benchmarks/vs_trl.py`'s medium job, side by side: update 21.6 s against 23.1 s
+(README, Performance).
 
 ``retain`` sets, process-wide (``mallopt``): ``M_MMAP_MAX = 0`` (serve large blocks from the
 heap as well) and ``M_TRIM_THRESHOLD = SIZE_MAX`` (never hand the heap's free top back). The
 process keeps its peak footprint (what a training rank reaches every step anyway) and reuses
-it without faults; the same effect as the ``LD_PRELOAD`` tcmalloc/jemalloc that CPU inference
-stacks recommend, without a library to install. glibc still maps a block that a thread's
-own arena cannot grow to; megatron's forward and backward allocate on the rank's main thread.
+it without faults, which is what the ``LD_PRELOAD``-ed tcmalloc/jemalloc that CPU inference
+stacks recommend aim at, without a library to install (Ray's bundled jemalloc 5.3 with its
+default decay faulted more here, 3.6 M per update). glibc still maps a block that a thread's own
+arena cannot grow to; megatron's forward and backward run on the rank's main thread (Ray runs a
+synchronous actor's calls there), whose arena is the heap.
 
 ``auto`` is ``retain`` on CPU ranks and ``system`` (glibc untouched) where CUDA is present:
 there activations are device memory, and a host process that never returns its heap could

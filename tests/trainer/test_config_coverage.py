@@ -113,6 +113,7 @@ SETTINGS: tuple[Setting, ...] = (
     s("actor.recompute_num_layers", 2, "actor.recompute_num_layers"),
     s("actor.attention", "sdpa", "actor.attention"),
     s("actor.compile_elementwise", True, "actor.compile_elementwise"),
+    s("actor.host_allocator", "system", "actor.host_allocator"),
     s("actor.mini_batches", 4, "update.mini_batches"),
     # actor: AdamWConfig (composed whole)
     s("actor.optimizer.lr", 3e-6, "optimizer.lr"),
