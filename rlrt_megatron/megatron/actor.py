@@ -23,9 +23,9 @@ import torch
 
 from rlrt_megatron.megatron.forward import Ids
 from rlrt_megatron.megatron.host_allocator import (
-    HOST_ALLOCATORS,
     HostAllocator,
     apply_host_allocator,
+    resolve_host_allocator,
 )
 from rlrt_megatron.megatron.optimizer import AdamWConfig, build_optimizer
 from rlrt_megatron.megatron.parallel import (
@@ -106,10 +106,7 @@ class ActorConfig:
     host_allocator: HostAllocator = "auto"
 
     def __post_init__(self) -> None:
-        if self.host_allocator not in HOST_ALLOCATORS:
-            raise ValueError(
-                f"host_allocator must be one of {HOST_ALLOCATORS}, not {self.host_allocator!r}"
-            )
+        resolve_host_allocator(self.host_allocator, cuda=False)  # raises on an unknown mode
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"attention must be one of {ATTENTION_BACKENDS}, not {self.attention!r}"
