@@ -204,12 +204,47 @@ def export_hf_weights(model: Qwen3MegatronModel) -> Iterator[tuple[str, torch.Te
     optimizer step. A tied checkpoint yields ``model.embed_tokens.weight`` once (no
     ``lm_head.weight``), as in its safetensors.
     """
+    bridge = model.bridge
+    # mbridge's export runs three object collectives over the PP group per parameter even when
+    # that group is this rank alone (PP=1): a fixed cost per tensor on every sync, which grows
+    # with the parameter count, not the size. Without PP it is skipped (`_export_without_pp`).
+    no_pp = bridge.mpu.pp_size == 1 and bridge.mpu.ep_size == 1 and len(model.modules) == 1
+    weights = _export_without_pp(model) if no_pp else bridge.export_weights(model.modules)
     seen: set[str] = set()
     with torch.no_grad():
-        for name, tensor in model.bridge.export_weights(model.modules):
+        for name, tensor in weights:
             # With tied embeddings and PP > 1 the last stage's output_layer copy maps to
             # embed_tokens too: every rank skips the same second occurrence.
             if name in seen:
                 continue
             seen.add(name)
             yield name, tensor.detach()
+
+
+def _export_without_pp(model: Qwen3MegatronModel) -> Iterator[tuple[str, torch.Tensor]]:
+    """mbridge's ``Bridge.export_weights`` for one model chunk without pipeline or expert
+    parallelism: the same tensors in the same order (megatron's ``named_parameters`` order, then
+    any router ``expert_bias`` buffers), gathered across TP and converted by the bridge's own
+    ``_weight_merge_across_tp`` / ``_weight_to_hf_format``, without the per-parameter PP
+    broadcasts that a one-rank PP group makes no-ops."""
+    bridge, (module,) = model.bridge, model.modules
+    local_to_global = bridge._weight_name_mapping_mcore_local_to_global(module, consider_ep=False)
+    named = list(module.named_parameters())
+    known = {name for name, _ in named}
+    state = module.state_dict()
+    named += [
+        (key, state[key])
+        for key in state
+        if "_extra_state" not in key and "expert_bias" in key and key not in known
+    ]
+    tp_size = bridge.mpu.tp_size
+    for local_name, param in named:
+        name = local_to_global[local_name]
+        if getattr(param, "tensor_model_parallel", False):
+            shards = [param]
+            if tp_size > 1:
+                shards = [torch.empty_like(param) for _ in range(tp_size)]
+                torch.distributed.all_gather(shards, param, group=bridge.mpu.tp_group)
+            param = bridge._weight_merge_across_tp(name, shards, param)
+        hf_names, hf_tensors = bridge._weight_to_hf_format(name, param)
+        yield from zip(hf_names, hf_tensors, strict=True)
