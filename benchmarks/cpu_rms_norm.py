@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds[name].append(time.perf_counter() - start)
             tokens.setdefault(name, [[s.token_ids for s in group] for group in samples])
     generated = sum(len(ids) for group in tokens["native"] for ids in group)
-    print(f"{args.variant}: {PROMPTS} prompts × {SAMPLES} samples, {generated} tokens per generation")
+    print(f"{args.variant}: {PROMPTS} prompts × {SAMPLES} samples, {generated} tokens each time")
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     for name, values in seconds.items():
         rounds = ", ".join(f"{v:.3f}" for v in values)
