@@ -5,14 +5,20 @@ vLLM 0.32 registers them as implementations of its IR ops ``rms_norm`` / ``fused
 only for GPU-like platforms (``vllm/kernels/vllm_c.py``: ``supported=GPGPU_DEVICE``), so an eager
 CPU engine computes every RMSNorm from 5-6 separate PyTorch ops (cast, square, mean, rsqrt, two
 multiplies; plus the residual add), each one pass over the activations. The kernels do it in one
-pass: 4-7x faster per call on the 2-core machine (128 and 4,096 tokens × 512), and RMSNorm is about
-12% of a medium-sized model's decode time there (py-spy of `benchmarks/vs_trl.py`'s medium
-engine). `register_cpu_rms_norm` registers them under the provider name `PROVIDER`;
-`cpu_ir_op_priority` is the ``ir_op_priority`` that an engine passes to vLLM to use them, with
-vLLM's native implementation behind them for the calls they do not take.
+pass (4-7x faster per call in an ad-hoc timing on the 2-core machine; in an ad-hoc py-spy profile
+RMSNorm was ~12% of a medium model's generation). `benchmarks/cpu_rms_norm.py` measures what it
+buys a whole generation (1.08x on the medium workload). `register_cpu_rms_norm` registers them
+under the provider name `PROVIDER`; `cpu_ir_op_priority` is the ``ir_op_priority`` that an
+engine passes to vLLM to use them, with vLLM's native implementation behind them for the calls
+they do not take.
 
 vLLM's CPU SiluAndMul kernel (``torch.ops._C.silu_and_mul``) is deliberately not used: on x86 it
-is about twice *slower* than the native slice-silu-multiply (vLLM enables it on POWER only).
+was about twice *slower* per call than the native slice-silu-multiply in the same ad-hoc timing
+(vLLM enables it on POWER only).
+
+Only the process that calls `register_cpu_rms_norm` knows the provider, so only a single-process
+engine (TP = 1, vLLM's engine core in-process, `rlrt_megatron.rollout.engine`) may put it in its
+priority: workers that vLLM spawns for TP > 1 would refuse the unknown provider at start-up.
 
 The kernels read their input as a contiguous [tokens, hidden] array; a strided view (Qwen3's
 per-head q/k norms over slices of the fused qkv projection) gives wrong values, so such an input is

