@@ -6,9 +6,10 @@ other in one run, on the quickstart config (configs/quickstart_cpu.yaml).
 ``--work`` is a quickstart's ``work/`` folder (warmed-up model and data; `make quickstart` or
 ``rlrt quickstart`` writes it). Each method trains ``--steps`` RL steps with evaluation off and
 no checkpoints; the script prints the median and mean ``time/step`` over steps 3..N, the median
-phase split, and the ratio RLRT / GRPO (issue 15's goal: ≤ 1.10). RLRT's extra work is the
-teacher view of the correct rollouts (a scoring pass of their student and teacher views, Eq. 6's
-D_t); GRPO takes the on-policy shortcut and has no scoring pass at all.
+phase split, and the ratio RLRT / GRPO (issue 15's goal: ≤ 1.10). Both take the on-policy
+shortcut and have no scoring pass: RLRT's extra work is the forward of the teacher views of its
+correct rollouts, which the actor runs inside the update call (the ``update`` phase) before
+weighting A_t with Eq. 6's D_t from the update's own forward (`DeferredReweighting`).
 
 Nothing else should run on the machine meanwhile: the figures are wall-clock times.
 """

@@ -16,6 +16,7 @@ only where r = 1; RLSD and the RLRT-all ablation apply it to every row with a te
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -124,6 +125,62 @@ def token_advantages(
     return torch.where(mask, out, torch.zeros_like(out))
 
 
+def token_weight_sums(
+    method: str | MethodSpec,
+    advantages: torch.Tensor,
+    correct: torch.Tensor,
+    student_logprobs: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    has_teacher: torch.Tensor,
+    eps_w: float,
+) -> dict[str, float]:
+    """Additive pieces of `token_weight_stats` for a slice of a batch (shapes as there).
+
+    Sums over rows add up: the update computes them per micro-batch from its own forward's
+    log-probs (on-policy shortcut) and sums them over micro-batches and DP ranks; the driver then
+    turns them into the stats with `weight_stats_from_sums`. Keys: ``log_ratio_correct_sum`` and
+    ``correct_tokens`` (Σ D_t and count over response tokens of correct rows with a teacher),
+    ``weight_gt1_tokens``, ``weight_lt1_tokens`` and ``reweighted_tokens`` (counts over the
+    reweighted tokens).
+    """
+    spec = get_method(method) if isinstance(method, str) else method
+    mask = response_mask.bool()
+    with torch.no_grad():
+        log_ratio = student_logprobs - teacher_logprobs
+        correct_rows = mask & (correct & has_teacher).unsqueeze(-1)
+        out = {
+            "log_ratio_correct_sum": float(log_ratio[correct_rows].double().sum()),
+            "correct_tokens": float(correct_rows.sum()),
+            "weight_gt1_tokens": 0.0,
+            "weight_lt1_tokens": 0.0,
+            "reweighted_tokens": 0.0,
+        }
+        if spec.token_weight == "none":
+            return out
+        used = mask & (_select(spec.weight_gate, correct) & has_teacher).unsqueeze(-1)
+        weights = clipped_token_weights(advantages, log_ratio, _SIGN[spec.token_weight], eps_w)
+        out["weight_gt1_tokens"] = float(((weights > 1) & used).sum())
+        out["weight_lt1_tokens"] = float(((weights < 1) & used).sum())
+        out["reweighted_tokens"] = float(used.sum())
+    return out
+
+
+def weight_stats_from_sums(sums: dict[str, float], response_tokens: float) -> dict[str, float]:
+    """`token_weight_stats` from the `token_weight_sums` of the whole batch (added over its
+    parts) and the batch's number of response tokens."""
+    n_tokens = max(response_tokens, 1.0)
+    correct = sums["correct_tokens"]
+    return {
+        "mean_log_ratio_correct": sums["log_ratio_correct_sum"] / correct
+        if correct > 0
+        else float("nan"),
+        "weight_gt1_frac": sums["weight_gt1_tokens"] / n_tokens,
+        "weight_lt1_frac": sums["weight_lt1_tokens"] / n_tokens,
+        "reweighted_tokens": sums["reweighted_tokens"],
+    }
+
+
 def token_weight_stats(
     method: str | MethodSpec,
     advantages: torch.Tensor,
@@ -140,22 +197,106 @@ def token_weight_stats(
     reweighted tokens, and the mean D_t over all response tokens of correct rows with a teacher
     (the paper tracks D̂ on correct rollouts). Empty selections give 0.0 / NaN respectively.
     """
-    spec = get_method(method) if isinstance(method, str) else method
-    mask = response_mask.bool()
-    out: dict[str, float] = {}
-    with torch.no_grad():
-        log_ratio = student_logprobs - teacher_logprobs
-        correct_rows = mask & (correct & has_teacher).unsqueeze(-1)
-        out["mean_log_ratio_correct"] = (
-            log_ratio[correct_rows].mean().item() if correct_rows.any() else float("nan")
+    sums = token_weight_sums(
+        method,
+        advantages,
+        correct,
+        student_logprobs,
+        teacher_logprobs,
+        response_mask,
+        has_teacher,
+        eps_w,
+    )
+    return weight_stats_from_sums(sums, float(response_mask.bool().sum()))
+
+
+REWEIGHT_SUM_KEYS = (
+    "log_ratio_correct_sum",
+    "correct_tokens",
+    "weight_gt1_tokens",
+    "weight_lt1_tokens",
+    "reweighted_tokens",
+)
+"""The keys of `token_weight_sums`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeferredReweighting:
+    """Eq. 6–7's token weights, applied in the update from the update's own forward.
+
+    Under the on-policy shortcut (one mini-batch, behaviour-policy teacher, the engines synced
+    after every update) the update's forward *is* the student view that sampled the rollouts:
+    log P_S(y_t) is its log-prob, detached. So the scoring pass runs the teacher view alone and
+    the loss builds A_t per micro-batch with `token_advantages` from
+    ``(student = forward.detach(), teacher = teacher_logprobs)`` — the same A_t as from a
+    separate student pass, without that pass.
+
+    Shapes (B rollouts of the batch, T its longest response): ``advantages`` [B] the group
+    advantage A, ``correct`` [B] bool (r = 1), ``has_teacher`` [B] bool, ``teacher_logprobs``
+    [B, T] log P_T(y_t) (anything finite on rows without a teacher), or ``None``: the actor
+    scores the teacher views itself before the update (`PolicyActor.train_step`), so they never
+    travel through the driver; ``lam`` λ, ``eps_w`` ε_w.
+    """
+
+    advantages: torch.Tensor
+    correct: torch.Tensor
+    has_teacher: torch.Tensor
+    teacher_logprobs: torch.Tensor | None
+    lam: float
+    eps_w: float
+
+    def __post_init__(self) -> None:
+        check_tensor("advantages", self.advantages, ndim=1)
+        b = self.advantages.shape[0]
+        for name in ("correct", "has_teacher"):
+            flag = getattr(self, name)
+            check_tensor(name, flag, ndim=1)
+            check_bool(name, flag)
+            check_shape(name, flag, (b,))
+        if self.teacher_logprobs is not None:
+            check_tensor("teacher_logprobs", self.teacher_logprobs, ndim=2)
+            if self.teacher_logprobs.shape[0] != b:
+                raise ValueError(
+                    f"teacher_logprobs has {self.teacher_logprobs.shape[0]} rows, expected {b}"
+                )
+        check_unit_interval("lam", self.lam)
+        check_non_negative("eps_w", self.eps_w)
+
+    def select(self, rows: torch.Tensor, t: int) -> DeferredReweighting:
+        """Rows ``rows`` ([n] long), responses cut to ``t`` tokens."""
+        return DeferredReweighting(
+            advantages=self.advantages[rows],
+            correct=self.correct[rows],
+            has_teacher=self.has_teacher[rows],
+            teacher_logprobs=None
+            if self.teacher_logprobs is None
+            else self.teacher_logprobs[rows, :t],
+            lam=self.lam,
+            eps_w=self.eps_w,
         )
-        if spec.token_weight == "none":
-            out.update(weight_gt1_frac=0.0, weight_lt1_frac=0.0, reweighted_tokens=0.0)
-            return out
-        used = mask & (_select(spec.weight_gate, correct) & has_teacher).unsqueeze(-1)
-        weights = clipped_token_weights(advantages, log_ratio, _SIGN[spec.token_weight], eps_w)
-        n_tokens = mask.sum().clamp(min=1).item()
-        out["weight_gt1_frac"] = ((weights > 1) & used).sum().item() / n_tokens
-        out["weight_lt1_frac"] = ((weights < 1) & used).sum().item() / n_tokens
-        out["reweighted_tokens"] = float(used.sum().item())
-    return out
+
+    def apply(
+        self,
+        method: str | MethodSpec,
+        rows: torch.Tensor,
+        student_logprobs: torch.Tensor,
+        response_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(A_t [n, t], token_weight_sums)`` of the rows ``rows`` ([n] long into this batch)
+        whose student log-probs ``student_logprobs`` [n, t] (detached here) and mask
+        ``response_mask`` [n, t] the update's forward gave."""
+        if self.teacher_logprobs is None:
+            raise ValueError("DeferredReweighting.apply needs the teacher views' log-probs")
+        t = response_mask.shape[1]
+        part = self.select(rows.cpu(), t)
+        dev = student_logprobs.device
+        args = (
+            part.advantages.to(dev),
+            part.correct.to(dev),
+            student_logprobs.detach(),
+            part.teacher_logprobs.to(dev, student_logprobs.dtype),
+            response_mask,
+            part.has_teacher.to(dev),
+        )
+        values = token_advantages(method, *args, lam=self.lam, eps_w=self.eps_w)
+        return values, token_weight_sums(method, *args, eps_w=self.eps_w)

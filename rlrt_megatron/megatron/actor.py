@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -262,6 +262,7 @@ class PolicyActor:
                 f"update temperature {update.temperature} != actor temperature "
                 f"{self.config.temperature}"
             )
+        batch = self._with_teacher_view_logprobs(batch)
         before = None
         if self.teacher.rescore_per_minibatch:
             if refresh_teacher is None:
@@ -293,6 +294,29 @@ class PolicyActor:
         # One RL update done: the LR schedule counts RL steps by default (paper Table 5 / verl).
         self.scheduler.end_update()
         return metrics
+
+    def _with_teacher_view_logprobs(self, batch: TrainBatch) -> TrainBatch:
+        """``batch`` with its `DeferredReweighting`'s teacher log-probs scored here when it left
+        them to the actor (``None``): the teacher rows' teacher views (teacher prompt + response)
+        forward-only with the policy's weights, which are the behaviour policy's under the
+        on-policy shortcut (the only place the trainer defers Eq. 6–7 to the update). Scored in
+        the update's call, log P_T never travels rank → driver → rank."""
+        reweighting = batch.reweighting
+        if reweighting is None or reweighting.teacher_logprobs is not None:
+            return batch
+        if self.teacher.separate:
+            raise ValueError(
+                "the teacher view is scored with the policy's weights for the update's own "
+                "reweighting: it needs teacher_weights='behavior'"
+            )
+        rows = reweighting.has_teacher.nonzero().flatten().tolist()
+        teacher = torch.zeros(batch.response_mask.shape)
+        if rows:
+            view = self.score(
+                [batch.teacher_prompts[r] for r in rows], [batch.responses[r] for r in rows]
+            )
+            teacher[rows, : view.student_log_prob.shape[1]] = view.student_log_prob
+        return replace(batch, reweighting=replace(reweighting, teacher_logprobs=teacher))
 
     def export_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """``(hf_name, full tensor)`` for every weight; every rank must drain it in order."""

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from rlrt_megatron.algorithms.distillation import srpo_token_weights
 from rlrt_megatron.algorithms.objective import DistillInputs, LossConfig, method_loss
 from rlrt_megatron.algorithms.registry import get_method
+from rlrt_megatron.algorithms.reweighting import REWEIGHT_SUM_KEYS, DeferredReweighting
 from rlrt_megatron.megatron.forward import (
     Ids,
     MicroBatch,
@@ -73,13 +74,18 @@ class TrainBatch:
             when the update is exactly on-policy (one mini-batch, weights unchanged since the
             rollouts were sampled): π_old = π_θ, so the loss takes the update forward's own
             log-probs, detached, and no separate scoring pass is needed (`on_policy_shortcut`).
-        token_advantages: [B, T] A_t (the method's reweighting already applied).
+        token_advantages: [B, T] A_t (the method's reweighting already applied), or with
+            ``reweighting`` the group advantage A on each response token, reweighted here.
         pg_rows, distill_rows: [B] bool, from ``registry.policy_gradient_rows`` /
             ``registry.distillation_rows``.
         rollout_logprobs: [B, T] the engine's log-probs (truncated IS correction), optional.
         teacher_prompts: per rollout, the teacher prompt or ``None``; needed for distillation
             rows (top-k methods).
         teacher_entropy: [B, T] H of the teacher view (SRPO's dynamic weights).
+        reweighting: Eq. 6–7's token weights left to the update (on-policy shortcut only,
+            ``old_logprobs`` None): A_t per micro-batch from the forward's own log P_S and the
+            teacher view's log P_T (`DeferredReweighting`); the metrics then carry its
+            ``reweight_*`` sums (`token_weight_sums`) over all micro-batches and DP ranks.
     """
 
     prompts: Sequence[Ids]
@@ -91,10 +97,18 @@ class TrainBatch:
     rollout_logprobs: torch.Tensor | None = None
     teacher_prompts: Sequence[Ids | None] | None = None
     teacher_entropy: torch.Tensor | None = None
+    reweighting: DeferredReweighting | None = None
 
     def __post_init__(self) -> None:
         check_rollouts(self.prompts, self.responses, self.teacher_prompts)
         b, t = len(self.responses), max(len(r) for r in self.responses)
+        if self.reweighting is not None:
+            if self.old_logprobs is not None:
+                raise ValueError(
+                    "reweighting in the update needs old_logprobs=None (the on-policy shortcut:"
+                    " log P_S is the update's own forward)"
+                )
+            self._check_reweighting(b, t)
         for name in ROW_TENSORS:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (b, t):
@@ -111,6 +125,29 @@ class TrainBatch:
         for row in torch.nonzero(self.distill_rows).flatten().tolist():
             if self.teacher_prompts is None or self.teacher_prompts[row] is None:
                 raise ValueError(f"distillation row {row} has no teacher prompt")
+
+    def _check_reweighting(self, b: int, t: int) -> None:
+        reweighting = self.reweighting
+        if reweighting.advantages.shape[0] != b:
+            raise ValueError(
+                f"reweighting is for {reweighting.advantages.shape[0]} rollouts, expected {b}"
+            )
+        teacher = reweighting.teacher_logprobs
+        rows = reweighting.has_teacher.nonzero().flatten().tolist()
+        if teacher is None:  # the actor scores the teacher views: they must be there
+            missing = [
+                r for r in rows if self.teacher_prompts is None or not self.teacher_prompts[r]
+            ]
+            if missing:
+                raise ValueError(f"reweighting: teacher rows {missing[:5]} have no teacher prompt")
+            return
+        if tuple(teacher.shape) != (b, t):
+            raise ValueError(
+                f"reweighting.teacher_logprobs has shape {tuple(teacher.shape)}, expected {(b, t)}"
+            )
+        used = self.response_mask & reweighting.has_teacher.unsqueeze(1)
+        if not torch.isfinite(teacher[used]).all():
+            raise ValueError("reweighting.teacher_logprobs is not finite on teacher rows")
 
     @property
     def response_mask(self) -> torch.Tensor:
@@ -226,6 +263,7 @@ def _select(batch: TrainBatch, rows: list[int]) -> TrainBatch:
         if batch.teacher_prompts is None
         else [batch.teacher_prompts[r] for r in rows],
         teacher_entropy=cut(batch.teacher_entropy),
+        reweighting=None if batch.reweighting is None else batch.reweighting.select(index, t),
     )
 
 
@@ -379,11 +417,14 @@ def _microbatch_loss(
         return logprobs.sum() * math.nan, {"nonfinite_loss": 1.0, "microbatches": 1.0}, weight
     # On-policy shortcut (TrainBatch.old_logprobs None): π_old is this forward's π_θ, detached.
     old = logprobs.detach() if mini.old_logprobs is None else rows_of(mini.old_logprobs)
+    token_adv, reweight_sums = rows_of(mini.token_advantages), {}
+    if mini.reweighting is not None:  # Eq. 6–7 with log P_S = this forward (detached)
+        token_adv, reweight_sums = mini.reweighting.apply(config.method, index, logprobs, mask)
     loss, metrics = method_loss(
         config.method,
         logprobs=logprobs,
         old_logprobs=old,
-        token_advantages=rows_of(mini.token_advantages),
+        token_advantages=token_adv,
         response_mask=mask,
         pg_rows=pg_rows,
         distill_rows=distill_rows,
@@ -393,6 +434,7 @@ def _microbatch_loss(
         distill=distill,
         normalizer=normalizer,
     )
+    metrics.update({f"reweight_{k}": v for k, v in reweight_sums.items()})
     metrics["nonfinite_loss"] = float(not torch.isfinite(loss))
     metrics["microbatches"] = 1.0
     return loss, metrics, weight
@@ -407,7 +449,14 @@ def _scatter(values: torch.Tensor, slots: torch.Tensor, shape: tuple[int, ...]) 
 
 # Metric keys that are sums over micro-batches, and those that are maxima (the rest are
 # token-weighted means).
-_SUMMED = ("loss", "pg_tokens", "distill_tokens", "nonfinite_loss", "microbatches")
+_SUMMED = (
+    "loss",
+    "pg_tokens",
+    "distill_tokens",
+    "nonfinite_loss",
+    "microbatches",
+    *(f"reweight_{k}" for k in REWEIGHT_SUM_KEYS),
+)
 _MAXED = ("rollout_is_logprob_diff_max",)
 
 

@@ -289,6 +289,12 @@ class TrainerSection:
     seed: int = 0
     dynamic_sampling: bool = False
     """Drop groups whose rewards are all equal (no signal); off in the paper."""
+    log_teacher_kl: bool = False
+    """Log ``teacher/kl_mean``, D̄_t = KL(P_S‖P_T) per response token of the teacher rows (§5),
+    every step. Without the on-policy shortcut the scoring pass gives it for free and it is always
+    logged. Under the shortcut RLRT/RLSD take log P_S from the update's own forward and score the
+    teacher views alone; true scores the teacher rows' student views too (one more forward of
+    them per step) so that the full distributions of both views meet."""
     console: bool = True
 
 

@@ -58,11 +58,14 @@ from rlrt_megatron.trainer.stack import (
 from rlrt_megatron.trainer.step_batch import (
     StepRollouts,
     compute_token_advantages,
+    deferred_token_advantages,
     keep_informative_groups,
     on_policy_shortcut,
     plan_teachers,
+    reweight_metrics,
     score_for_update,
     shaped_advantages,
+    unscored,
 )
 
 logger = logging.getLogger(__name__)
@@ -133,26 +136,41 @@ def rl_step(
         teacher_weights=config.actor.teacher_weights,
         rollout_mode=config.rollout.mode,
     )
+    # Under the shortcut RLRT/RLSD's log P_S (Eq. 6's D_t) is the update forward's own: the
+    # actor scores the teacher views inside the update call and weights A_t there, so there is
+    # no scoring pass. trainer.log_teacher_kl keeps the pass of both views of the teacher rows
+    # for teacher/kl_mean (D̄_t needs both views' full distributions).
+    defer = shortcut and alg.spec.needs_teacher_logprobs and not config.trainer.log_teacher_kl
     with timer("logprobs"):  # all rows, or with the shortcut only the teacher rows (or none)
-        scores, scored = score_for_update(
-            run.policy,
-            prompts_flat,
-            responses,
-            teacher_prompts,
-            shortcut=shortcut,
-            teacher_entropy=alg.spec.needs_teacher_entropy,
-        )
-    token_adv = compute_token_advantages(
-        alg,
+        if defer:
+            scores, scored = unscored(responses, teacher_prompts)
+        else:
+            scores, scored = score_for_update(
+                run.policy,
+                prompts_flat,
+                responses,
+                teacher_prompts,
+                shortcut=shortcut,
+                teacher_entropy=alg.spec.needs_teacher_entropy,
+            )
+    advantage_inputs = dict(
         advantages=advantages.flatten(),
         correct=correct.flatten(),
-        student_logprobs=scores.student_log_prob,
-        teacher_logprobs=scores.teacher_log_prob,
         response_mask=scores.response_mask,
         has_teacher=plan.rows,
         lam=lam,
-        student_entropy=scores.student_entropy,  # GRPO+EB's advantage-form entropy term
     )
+    reweighting = None
+    if defer:
+        token_adv, reweighting = deferred_token_advantages(alg, **advantage_inputs)
+    else:
+        token_adv = compute_token_advantages(
+            alg,
+            **advantage_inputs,
+            student_logprobs=scores.student_log_prob,
+            teacher_logprobs=scores.teacher_log_prob,
+            student_entropy=scores.student_entropy,  # GRPO+EB's advantage-form entropy term
+        )
     engine_logprobs = rollouts.padded(lambda s: s.logprobs)
     batch = TrainBatch(
         prompts=prompts_flat,
@@ -164,10 +182,13 @@ def rl_step(
         rollout_logprobs=engine_logprobs,
         teacher_prompts=teacher_prompts,
         teacher_entropy=scores.teacher_entropy,
+        reweighting=reweighting,
     )
     update = update_config(config)
     with timer("update"):
         update_metrics = run.policy.train_step(batch, update)
+    if reweighting is not None:
+        token_adv.metrics.update(reweight_metrics(update_metrics, scores.response_mask))
     if feed is not None:
         with timer("rollout_wait"):  # a sync never overtakes the generation in flight
             feed.finish_ahead()

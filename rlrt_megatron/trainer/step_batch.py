@@ -17,7 +17,13 @@ from rlrt_megatron.algorithms.config import AlgorithmConfig
 from rlrt_megatron.algorithms.diversity import diversity_shaped_rewards, group_diversity
 from rlrt_megatron.algorithms.entropy_advantage import entropy_shaped_advantages
 from rlrt_megatron.algorithms.registry import distillation_rows, policy_gradient_rows
-from rlrt_megatron.algorithms.reweighting import token_advantages, token_weight_stats
+from rlrt_megatron.algorithms.reweighting import (
+    REWEIGHT_SUM_KEYS,
+    DeferredReweighting,
+    token_advantages,
+    token_weight_stats,
+    weight_stats_from_sums,
+)
 from rlrt_megatron.data.records import PromptRecord
 from rlrt_megatron.megatron.scoring import ScoreResult
 from rlrt_megatron.rollout.sampling import Sample
@@ -170,6 +176,53 @@ def compute_token_advantages(
     return TokenAdvantages(values=values, pg_rows=pg, distill_rows=distill, metrics=metrics)
 
 
+def deferred_token_advantages(
+    config: AlgorithmConfig,
+    *,
+    advantages: torch.Tensor,
+    correct: torch.Tensor,
+    response_mask: torch.Tensor,
+    has_teacher: torch.Tensor,
+    lam: float,
+) -> tuple[TokenAdvantages, DeferredReweighting]:
+    """`compute_token_advantages` with Eq. 6–7's weights left to the update (on-policy
+    shortcut; shapes as there): ``values`` is the plain A on every response token and the
+    `DeferredReweighting` carries what the actor needs to weight it, scoring the teacher views
+    itself (log P_T) and taking log P_S from its own forward. ``metrics`` is empty: the update
+    returns the weights' sums (`reweight_metrics` turns them into the same stats)."""
+    spec = config.spec
+    mask = response_mask.bool()
+    plain = torch.where(mask, advantages.unsqueeze(-1).expand(mask.shape), 0.0)
+    reweighting = DeferredReweighting(
+        advantages=advantages,
+        correct=correct,
+        has_teacher=has_teacher,
+        teacher_logprobs=None,
+        lam=lam,
+        eps_w=config.weight_clip,
+    )
+    values = TokenAdvantages(
+        values=plain,
+        pg_rows=policy_gradient_rows(spec, correct, has_teacher),
+        distill_rows=distillation_rows(spec, correct, has_teacher),
+        metrics={},
+    )
+    return values, reweighting
+
+
+def reweight_metrics(
+    update_metrics: list[dict[str, float]], response_mask: torch.Tensor
+) -> dict[str, float]:
+    """The `token_weight_stats` of a batch reweighted in the update (`DeferredReweighting`),
+    from the ``reweight_*`` sums its (single) mini-batch returned; those keys are removed from
+    ``update_metrics`` (they are not update metrics of their own)."""
+    sums = {}
+    for metrics in update_metrics:
+        for key in REWEIGHT_SUM_KEYS:
+            sums[key] = sums.get(key, 0.0) + metrics.pop(f"reweight_{key}", 0.0)
+    return weight_stats_from_sums(sums, float(response_mask.bool().sum()))
+
+
 def keep_informative_groups(rewards: torch.Tensor) -> torch.Tensor:
     """[G] bool: groups whose rewards are not all equal (DAPO's dynamic sampling filter)."""
     return (rewards != rewards[:, :1]).any(dim=-1)
@@ -226,15 +279,7 @@ def score_for_update(
         )
         return scores, torch.ones(len(responses), dtype=torch.bool)
     rows = [i for i, h in enumerate(has_teacher) if h]
-    t = max(len(r) for r in responses)
-    lengths = torch.tensor([len(r) for r in responses])
-    full = ScoreResult(
-        response_mask=torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1),
-        student_log_prob=torch.zeros(len(responses), t),
-        student_entropy=torch.zeros(len(responses), t),
-        has_teacher=torch.tensor(has_teacher, dtype=torch.bool),
-    )
-    scored = torch.zeros(len(responses), dtype=torch.bool)
+    full, scored = unscored(responses, teacher_prompts)
     if not rows:
         return full, scored
     part = policy.score(
@@ -245,6 +290,22 @@ def score_for_update(
     )
     scored[rows] = True
     return expand_rows(part, rows, full), scored
+
+
+def unscored(
+    responses: Sequence[Sequence[int]], teacher_prompts: Sequence[Sequence[int] | None]
+) -> tuple[ScoreResult, torch.Tensor]:
+    """``(scores, scored)`` of a step without a scoring pass: the response mask and
+    ``has_teacher``, zero student fields, no teacher fields, no row scored."""
+    t = max(len(r) for r in responses)
+    lengths = torch.tensor([len(r) for r in responses])
+    full = ScoreResult(
+        response_mask=torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1),
+        student_log_prob=torch.zeros(len(responses), t),
+        student_entropy=torch.zeros(len(responses), t),
+        has_teacher=torch.tensor([p is not None for p in teacher_prompts], dtype=torch.bool),
+    )
+    return full, torch.zeros(len(responses), dtype=torch.bool)
 
 
 def expand_rows(part: ScoreResult, rows: Sequence[int], full: ScoreResult) -> ScoreResult:

@@ -6,9 +6,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlrt_megatron.algorithms.reweighting import (
+    REWEIGHT_SUM_KEYS,
+    DeferredReweighting,
     clipped_token_weights,
     token_advantages,
     token_weight_stats,
+    weight_stats_from_sums,
 )
 
 # Three rollouts, three tokens. Row 0: correct with a teacher; row 1: correct without a teacher;
@@ -214,3 +217,72 @@ def test_unclipped_rlrt_weight_is_reciprocal_of_rlsd(adv, d):
     rlrt = clipped_token_weights(a, log_ratio, +1, no_clip)
     rlsd = clipped_token_weights(a, log_ratio, -1, no_clip)
     torch.testing.assert_close(rlrt * rlsd, torch.ones_like(rlrt))
+
+
+# --- the weights applied in the update (DeferredReweighting) ----------------------------------
+
+
+def _deferred(batch):
+    return DeferredReweighting(
+        advantages=batch["advantages"],
+        correct=batch["correct"],
+        has_teacher=batch["has_teacher"],
+        teacher_logprobs=batch["teacher_logprobs"],
+        lam=batch["lam"],
+        eps_w=batch["eps_w"],
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch=batches(), cut=st.integers(0, 6))
+def test_deferred_weights_per_part_equal_the_whole_batch(batch, cut):
+    """The update applies Eq. 6-7 per micro-batch (any split of the rows, each cut to its own
+    longest response); the parts give the whole batch's A_t and, summed, its statistics."""
+    b = batch["response_mask"].shape[0]
+    deferred = _deferred(batch)
+    order = torch.randperm(b, generator=torch.Generator().manual_seed(cut))
+    parts = [order[: cut % (b + 1)], order[cut % (b + 1) :]]
+    for method in METHODS:
+        expected = token_advantages(method, **batch)
+        sums = dict.fromkeys(REWEIGHT_SUM_KEYS, 0.0)
+        for rows in parts:
+            if len(rows) == 0:
+                continue
+            mask = batch["response_mask"][rows]
+            student = batch["student_logprobs"][rows].requires_grad_()
+            values, part = deferred.apply(method, rows, student, mask)
+            assert not values.requires_grad  # the weights are constants of the loss
+            torch.testing.assert_close(values, expected[rows])
+            for key in REWEIGHT_SUM_KEYS:
+                sums[key] += part[key]
+        stats = weight_stats_from_sums(sums, float(batch["response_mask"].sum()))
+        reference = token_weight_stats(
+            method,
+            batch["advantages"],
+            batch["correct"],
+            batch["student_logprobs"],
+            batch["teacher_logprobs"],
+            batch["response_mask"],
+            batch["has_teacher"],
+            eps_w=batch["eps_w"],
+        )
+        assert stats.keys() == reference.keys()
+        for key, value in reference.items():
+            assert stats[key] == pytest.approx(value, rel=1e-5, abs=1e-4, nan_ok=True), key
+
+
+def test_deferred_reweighting_validates_its_inputs():
+    args = dict(
+        advantages=ADV,
+        correct=CORRECT,
+        has_teacher=HAS_TEACHER,
+        teacher_logprobs=TEACHER,
+        lam=0.5,
+        eps_w=0.2,
+    )
+    with pytest.raises(ValueError, match="correct"):
+        DeferredReweighting(**{**args, "correct": CORRECT.float()})
+    with pytest.raises(ValueError, match="teacher_logprobs has 2 rows, expected 3"):
+        DeferredReweighting(**{**args, "teacher_logprobs": TEACHER[:2]})
+    with pytest.raises(ValueError, match="lam"):
+        DeferredReweighting(**{**args, "lam": 1.5})

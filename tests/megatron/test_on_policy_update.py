@@ -5,6 +5,10 @@ With one mini-batch the update runs on the weights that scored the old log-probs
 scoring pass: same parameters and metrics to 1e-6. Two ranks, DP=2 and TP=2, several packed
 micro-batches per rank, grpo, rlrt (token advantages from the teacher view) and sdpo (top-k
 distillation rows, whose IS ratio also reads π_old), with engine log-probs (truncated IS).
+
+RLRT also runs with its token weights left to the update (`DeferredReweighting`: the actor
+scores the teacher views itself, Eq. 6's log P_S is the update forward's own): the same update
+again, and the same reweighting statistics as the driver computes from a full scoring pass.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ pytestmark = pytest.mark.distributed
 
 LAYOUTS = {"dp2": 1, "tp2": 2}  # name: TP (DP is what is left of the 2 ranks)
 METHODS = ("grpo", "rlrt", "sdpo")
+DEFERRED = ("rlrt",)  # methods also run with the token weights applied in the update
+CORRECT = torch.tensor([True, False, False, True, False, True, False, True])
+ADVANTAGES = torch.tensor([0.9, -1.1, -0.7, 1.3, -0.4, 0.8, -0.5, 0.9])
+LAM, EPS_W = 0.5, 1.0
 MAX_TOKENS = 32  # packed: several micro-batches per rank
 TOL = 1e-6
 
@@ -58,8 +66,7 @@ def _batch(method, scores, rollouts):
 
     prompts, responses, teachers = rollouts
     mask = scores.response_mask
-    correct = torch.tensor([True, False, False, True, False, True, False, True])
-    advantages = torch.tensor([0.9, -1.1, -0.7, 1.3, -0.4, 0.8, -0.5, 0.9])
+    correct, advantages = CORRECT, ADVANTAGES
     has_teacher = scores.has_teacher
     adv = token_advantages(
         method,
@@ -69,8 +76,8 @@ def _batch(method, scores, rollouts):
         scores.student_log_prob if scores.teacher_log_prob is None else scores.teacher_log_prob,
         mask,
         has_teacher,
-        lam=0.5,
-        eps_w=1.0,
+        lam=LAM,
+        eps_w=EPS_W,
     )
     g = torch.Generator().manual_seed(5)
     old = scores.student_log_prob
@@ -85,6 +92,57 @@ def _batch(method, scores, rollouts):
         rollout_logprobs=engine,
         teacher_prompts=teachers,
     )
+
+
+def _deferred_run(hf_path, tp, method, rollouts):
+    """The update with Eq. 6–7 applied in the loss, as the trainer runs it under the shortcut:
+    no scoring pass, the update gets the plain A and a `DeferredReweighting` without teacher
+    log-probs (the actor scores the teacher views as plain sequences first)."""
+    from rlrt_megatron.algorithms.reweighting import DeferredReweighting, token_weight_stats
+    from rlrt_megatron.megatron.parallel import destroy_parallel
+    from rlrt_megatron.megatron.train_step import TrainBatch, UpdateConfig
+
+    prompts, responses, teachers = rollouts
+    actor = _actor(hf_path, tp)
+    before = {n: t.clone() for n, t in actor.export_hf_weights()}
+    scores = actor.score(prompts, responses, teacher_prompts=teachers)  # for the reference stats
+    mask = scores.response_mask
+    inputs = _batch(method, scores, rollouts)
+    inputs.update(
+        old_logprobs=None,
+        token_advantages=torch.where(mask, ADVANTAGES[:, None].expand(mask.shape), 0.0),
+        # teacher_logprobs None: the actor scores the teacher views in the update call.
+        reweighting=DeferredReweighting(
+            advantages=ADVANTAGES,
+            correct=CORRECT,
+            has_teacher=scores.has_teacher,
+            teacher_logprobs=None,
+            lam=LAM,
+            eps_w=EPS_W,
+        ),
+    )
+    config = UpdateConfig(method=method, mini_batches=1, max_tokens=MAX_TOKENS, topk=5)
+    metrics = actor.train_step(TrainBatch(**inputs), config)
+    params = {n: t.clone() for n, t in actor.export_hf_weights()}
+    stats = token_weight_stats(
+        method,
+        ADVANTAGES,
+        CORRECT,
+        scores.student_log_prob,
+        scores.teacher_log_prob,
+        mask,
+        scores.has_teacher,
+        eps_w=EPS_W,
+    )
+    del actor
+    destroy_parallel(keep_process_group=True)
+    return {
+        "params": params,
+        "metrics": metrics,
+        "before": before,
+        "stats": stats,
+        "response_tokens": float(mask.sum()),
+    }
 
 
 def _worker(rank: int, out_dir: str, hf_path: str) -> None:
@@ -111,6 +169,8 @@ def _worker(rank: int, out_dir: str, hf_path: str) -> None:
                 runs[shortcut] = {"params": params, "metrics": metrics, "before": before}
                 del actor
                 destroy_parallel(keep_process_group=True)
+            if method in DEFERRED:
+                runs["deferred"] = _deferred_run(hf_path, tp, method, rollouts)
             if rank == 0:
                 torch.save(runs, out / f"{layout}-{method}.pt")
     # Several mini-batches with old_logprobs=None: refused (π moves after the first step).
@@ -154,6 +214,28 @@ def test_update_without_scoring_pass_is_the_same(run, layout, method):
         assert m_scored["distill_tokens"] > 0
     if method == "rlrt":
         assert m_scored["pg_tokens"] > 0
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("method", DEFERRED)
+def test_update_reweighting_from_its_own_forward_is_the_same(run, layout, method):
+    from rlrt_megatron.algorithms.reweighting import REWEIGHT_SUM_KEYS, weight_stats_from_sums
+
+    runs = torch.load(run / f"{layout}-{method}.pt")
+    scored, deferred = runs[False], runs["deferred"]
+    for name, value in scored["params"].items():
+        diff = (value - deferred["params"][name]).abs().max().item()
+        assert diff <= TOL, f"{name}: {diff}"
+    (m_scored,), (m_deferred,) = scored["metrics"], deferred["metrics"]
+    sums = {k: m_deferred.pop(f"reweight_{k}") for k in REWEIGHT_SUM_KEYS}
+    assert m_scored.keys() == m_deferred.keys()
+    for key, value in m_scored.items():
+        assert abs(value - m_deferred[key]) <= TOL * max(1.0, abs(value)), key
+    # The update's sums give the driver's statistics of a full scoring pass.
+    stats = weight_stats_from_sums(sums, deferred["response_tokens"])
+    assert stats["reweighted_tokens"] > 0
+    for key, value in deferred["stats"].items():
+        assert stats[key] == pytest.approx(value, abs=TOL), key
 
 
 def test_several_minibatches_need_old_logprobs(run):

@@ -114,3 +114,31 @@ def test_dynamic_sampling_drops_uninformative_groups(setup):
         assert m["update/skipped"] == 1.0
     else:
         assert math.isfinite(m["update/loss"])
+
+
+@pytest.mark.parametrize("method", ["rlrt", "rlsd"])
+def test_on_policy_reweighting_in_the_update(setup, method):
+    """One mini-batch (the on-policy shortcut): the ranks weight A_t with their own forward's
+    log P_S (`DeferredReweighting` through Ray to TP=2 ranks) after a teacher-view-only pass."""
+    base, run, prompts = setup
+    config = dataclasses.replace(
+        base,
+        algorithm=AlgorithmConfig(method=method),
+        actor=dataclasses.replace(base.actor, mini_batches=1),
+    )
+    batches = prompt_batches(prompts, G, seed=2)
+    generator = torch.Generator().manual_seed(0)
+    reweighted = 0.0
+    for step in range(2):
+        m = rl_step(config, step, run, next(batches), generator)
+        assert m["update/on_policy_shortcut"] == 1.0
+        assert "teacher/kl_mean" not in m  # trainer.log_teacher_kl is off
+        assert not any(k.startswith("update/reweight_") for k in m)
+        assert m["rollout/logprob_diff_max"] < 1e-3  # from the update's forward, all rows
+        if m["teacher/batch_size"] > 0:
+            assert m["reweight/reweighted_tokens"] > 0
+            if method == "rlrt":  # its teacher rows are the correct rows: D̂ is defined
+                assert math.isfinite(m["reweight/mean_log_ratio_correct"])
+            assert 0 <= m["reweight/weight_gt1_frac"] + m["reweight/weight_lt1_frac"] <= 1
+        reweighted += m["reweight/reweighted_tokens"]
+    assert reweighted > 0

@@ -7,6 +7,7 @@ old log-probs) is tests/megatron/test_on_policy_update.py.
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -25,6 +26,7 @@ from rlrt_megatron.trainer.step_batch import (
 )
 
 G, K = 2, 4
+FORWARD, TEACHER_VIEW = -0.2, -0.5  # the fake actor's log P_S (its forward) and log P_T
 
 
 class FakeEngines:
@@ -55,10 +57,12 @@ class FakePolicy:
 
     def __init__(self):
         self.score_calls = []
+        self.score_prompts = []
         self.batches = []
 
     def score(self, prompts, responses, *, teacher_prompts=None, teacher_entropy=False):
         self.score_calls.append([list(r) for r in responses])
+        self.score_prompts.append(([list(p) for p in prompts], teacher_prompts))
         b, t = len(responses), max(len(r) for r in responses)
         lengths = torch.tensor([len(r) for r in responses])
         mask = torch.arange(t)[None] < lengths[:, None]
@@ -79,14 +83,21 @@ class FakePolicy:
 
     def train_step(self, batch, update):
         self.batches.append((batch, update))
-        return [
-            {
-                "loss": 0.0,
-                "entropy": 1.25,
-                "rollout_is_logprob_diff_mean": 0.125,
-                "rollout_is_logprob_diff_max": 0.5,
-            }
-        ]
+        metrics = {
+            "loss": 0.0,
+            "entropy": 1.25,
+            "rollout_is_logprob_diff_mean": 0.125,
+            "rollout_is_logprob_diff_max": 0.5,
+        }
+        if batch.reweighting is not None:  # as the actor does: score log P_T, A_t per forward
+            mask = batch.response_mask
+            teacher = torch.where(mask, TEACHER_VIEW, 0.0)
+            reweighting = dataclasses.replace(batch.reweighting, teacher_logprobs=teacher)
+            rows = torch.arange(len(batch.responses))
+            forward = torch.where(mask, FORWARD, 0.0)
+            _, sums = reweighting.apply(update.method, rows, forward, mask)
+            metrics.update({f"reweight_{k}": v for k, v in sums.items()})
+        return [metrics]
 
 
 class FakePlacement:
@@ -100,7 +111,7 @@ class FakePlacement:
         return SimpleNamespace(seconds=0.0, version=1)
 
 
-def _config(tmp_path, method, mini_batches, teacher_weights="behavior"):
+def _config(tmp_path, method, mini_batches, teacher_weights="behavior", extra=()):
     return load_run_config(
         None,
         [
@@ -113,12 +124,13 @@ def _config(tmp_path, method, mini_batches, teacher_weights="behavior"):
             f"algorithm.method={method}",
             f"actor.mini_batches={mini_batches}",
             f"actor.teacher_weights={teacher_weights}",
+            *extra,
         ],
     )
 
 
-def _step(tmp_path, method, mini_batches, teacher_weights="behavior"):
-    config = _config(tmp_path, method, mini_batches, teacher_weights)
+def _step(tmp_path, method, mini_batches, teacher_weights="behavior", extra=()):
+    config = _config(tmp_path, method, mini_batches, teacher_weights, extra)
     placement = FakePlacement()
     run = _Run(placement, FakeRewards(), FakeTokenizer())
     prompts = templated_prompts(G)
@@ -138,17 +150,49 @@ def test_grpo_one_minibatch_skips_the_scoring_pass(tmp_path):
     assert metrics["policy/entropy"] == 1.25
 
 
-def test_rlrt_one_minibatch_scores_only_the_teacher_rows(tmp_path):
-    metrics, policy = _step(tmp_path, "rlrt", mini_batches=1)
+@pytest.mark.parametrize("method", ["rlrt", "rlsd"])
+def test_reweighting_methods_leave_the_teacher_view_to_the_update(tmp_path, method):
+    """RLRT/RLSD under the shortcut: no scoring pass at all. The update gets the plain A and a
+    `DeferredReweighting` without teacher log-probs: the actor scores the teacher views in the
+    update call and Eq. 6's log P_S is its own forward's."""
+    metrics, policy = _step(tmp_path, method, mini_batches=1)
     ((batch, _),) = policy.batches
+    assert policy.score_calls == []
     assert batch.old_logprobs is None
     teacher_rows = [i for i, t in enumerate(batch.teacher_prompts) if t is not None]
-    assert 0 < len(teacher_rows) < G * K  # RLRT gives a teacher to correct rows only
+    assert 0 < len(teacher_rows)
+    if method == "rlrt":
+        assert len(teacher_rows) < G * K  # RLRT gives a teacher to correct rows only
+    reweighting = batch.reweighting
+    assert reweighting is not None and reweighting.teacher_logprobs is None
+    assert reweighting.has_teacher.nonzero().flatten().tolist() == teacher_rows
+    mask = batch.response_mask
+    plain = torch.where(mask, reweighting.advantages[:, None].expand(mask.shape), 0.0)
+    torch.testing.assert_close(batch.token_advantages, plain)
+    # No student row scored: agreement and entropy from the update's forward, no teacher KL.
+    assert metrics["rollout/logprob_diff_mean"] == 0.125
+    assert metrics["policy/entropy"] == 1.25
+    assert "teacher/kl_mean" not in metrics
+    assert not any(k.startswith("update/reweight_") for k in metrics)
+    assert metrics["reweight/reweighted_tokens"] > 0  # the update's sums became the stats
+    correct = reweighting.correct & reweighting.has_teacher
+    if correct.any():  # D_t = log P_S - log P_T on the correct teacher rows
+        assert metrics["reweight/mean_log_ratio_correct"] == pytest.approx(FORWARD - TEACHER_VIEW)
+
+
+def test_log_teacher_kl_scores_both_views_of_the_teacher_rows(tmp_path):
+    metrics, policy = _step(tmp_path, "rlrt", 1, extra=["trainer.log_teacher_kl=true"])
+    ((batch, _),) = policy.batches
+    assert batch.old_logprobs is None and batch.reweighting is None
+    teacher_rows = [i for i, t in enumerate(batch.teacher_prompts) if t is not None]
     (scored,) = policy.score_calls
     assert scored == [list(batch.responses[i]) for i in teacher_rows]
+    ((_, teacher_prompts),) = policy.score_prompts
+    assert teacher_prompts == [batch.teacher_prompts[i] for i in teacher_rows]
     assert metrics["rollout/logprob_diff_tokens"] == sum(
         len(batch.responses[i]) for i in teacher_rows
     )
+    assert metrics["teacher/kl_mean"] == pytest.approx(0.1)
     assert metrics["reweight/reweighted_tokens"] > 0  # D_t from the scored rows reached A_t
 
 
