@@ -226,10 +226,10 @@ class DeferredReweighting:
 
     Under the on-policy shortcut (one mini-batch, behaviour-policy teacher, the engines synced
     after every update) the update's forward *is* the student view that sampled the rollouts:
-    log P_S(y_t) is its log-prob, detached. So the scoring pass runs the teacher view alone and
-    the loss builds A_t per micro-batch with `token_advantages` from
-    ``(student = forward.detach(), teacher = teacher_logprobs)`` — the same A_t as from a
-    separate student pass, without that pass.
+    log P_S(y_t) is its log-prob, detached. So only the teacher view needs scoring (the actor
+    does it inside the update call) and the loss builds A_t per micro-batch with
+    `token_advantages` from ``(student = forward.detach(), teacher = teacher_logprobs)``: the
+    same A_t as from a separate student pass, without that pass.
 
     Shapes (B rollouts of the batch, T its longest response): ``advantages`` [B] the group
     advantage A, ``correct`` [B] bool (r = 1), ``has_teacher`` [B] bool, ``teacher_logprobs``

@@ -262,7 +262,8 @@ class PolicyActor:
                 f"update temperature {update.temperature} != actor temperature "
                 f"{self.config.temperature}"
             )
-        batch = self._with_teacher_view_logprobs(batch)
+        if batch.reweighting is not None and batch.reweighting.teacher_logprobs is None:
+            batch = self._with_teacher_view_logprobs(batch)
         before = None
         if self.teacher.rescore_per_minibatch:
             if refresh_teacher is None:
@@ -296,14 +297,12 @@ class PolicyActor:
         return metrics
 
     def _with_teacher_view_logprobs(self, batch: TrainBatch) -> TrainBatch:
-        """``batch`` with its `DeferredReweighting`'s teacher log-probs scored here when it left
-        them to the actor (``None``): the teacher rows' teacher views (teacher prompt + response)
+        """``batch`` with its `DeferredReweighting`'s teacher log-probs, which it left to the actor
+        (``None``), scored here: the teacher rows' teacher views (teacher prompt + response)
         forward-only with the policy's weights, which are the behaviour policy's under the
         on-policy shortcut (the only place the trainer defers Eq. 6–7 to the update). Scored in
         the update's call, log P_T never travels rank → driver → rank."""
         reweighting = batch.reweighting
-        if reweighting is None or reweighting.teacher_logprobs is not None:
-            return batch
         if self.teacher.separate:
             raise ValueError(
                 "the teacher view is scored with the policy's weights for the update's own "

@@ -292,9 +292,10 @@ class TrainerSection:
     log_teacher_kl: bool = False
     """Log ``teacher/kl_mean``, D̄_t = KL(P_S‖P_T) per response token of the teacher rows (§5),
     every step. Without the on-policy shortcut the scoring pass gives it for free and it is always
-    logged. Under the shortcut RLRT/RLSD take log P_S from the update's own forward and score the
-    teacher views alone; true scores the teacher rows' student views too (one more forward of
-    them per step) so that the full distributions of both views meet."""
+    logged. Under the shortcut RLRT/RLSD take log P_S from the update's own forward and the actor
+    scores the teacher views alone, inside the update call (no scoring pass); true keeps a scoring
+    pass of both views of the teacher rows (one more forward of their student views per step) so
+    that the full distributions of both views meet."""
     console: bool = True
 
 
