@@ -35,6 +35,7 @@ from rlrt_megatron.megatron.parallel import (
     initialize_parallel,
 )
 from rlrt_megatron.megatron.scoring import ScoreResult, score_rollouts
+from rlrt_megatron.megatron.serial_collectives import serialize_param_gathers
 from rlrt_megatron.megatron.teacher_weights import TeacherWeights, TeacherWeightsMode
 from rlrt_megatron.megatron.train_step import TrainBatch, UpdateConfig, train_step
 from rlrt_megatron.models.qwen3_bridge import ATTENTION_BACKENDS, AttentionBackend
@@ -185,6 +186,7 @@ class PolicyActor:
             for chunk in self.model.chunks:
                 compile_elementwise(chunk)
         self.optimizer, self.scheduler = build_optimizer(self.model, config.optimizer)
+        serialize_param_gathers(self.model.chunks)  # see serial_collectives: CPU ranks' matmuls
         self.teacher = TeacherWeights(
             self.model,
             config.teacher_weights,
