@@ -96,7 +96,12 @@ def plan_teacher_batch(
 
     peers = torch.full((g, k), -1, dtype=torch.long)
     if spec.teacher_context == "peer_rollout":
-        peers = select_peers(correct, generator=generator)
+        # A correct rollout whose text is blank (it ended at once, or decodes to nothing) shows
+        # the teacher nothing: it is nobody's peer (it still trains as a correct rollout).
+        shown = torch.tensor(
+            [[bool(r.strip()) for r in group.responses] for group in groups], dtype=torch.bool
+        ).reshape(g, k)
+        peers = select_peers(correct & shown, generator=generator)
         has_context = peers >= 0
     elif spec.teacher_context == "ground_truth":
         has_context = torch.tensor(

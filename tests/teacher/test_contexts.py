@@ -20,6 +20,23 @@ CORRECT = torch.tensor([[True, False, True], [False, True, False]])
 ADV = torch.tensor([[0.5, -1.0, 0.5], [-0.5, 1.0, -0.5]])
 
 
+def test_a_blank_correct_rollout_is_nobodys_peer():
+    """A correct rollout with a blank text (e.g. one that ended at once) has nothing to show:
+    its correct peers get no context from it; it can still see a non-blank peer itself."""
+    groups = [
+        GroupInputs(
+            messages=[{"role": "user", "content": "1+1?"}],
+            responses=["  \n", "\\boxed{2}", "\\boxed{3}"],
+            ground_truth="2",
+        )
+    ]
+    correct = torch.tensor([[True, True, False]])
+    plan = plan_teacher_batch("rlrt", groups, correct, torch.tensor([[0.5, 0.5, -1.0]]), lam=0.5)
+    assert plan.peers[0].tolist() == [1, -1, 1]
+    assert plan.rows.tolist() == [True, False, False]
+    assert "\\boxed{2}" in plan.messages[0][0]["content"]
+
+
 def test_rlrt_teacher_sees_the_other_correct_rollout():
     plan = plan_teacher_batch("rlrt", GROUPS, CORRECT, ADV, lam=0.5)
     # Group 0: rollouts 0 and 2 are correct and each other's only peer. Group 1: the lone
