@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rlrt_megatron.rollout.detokenize import decode_response
 from rlrt_megatron.rollout.sampling import Sample, SamplingConfig, validate_prompts
 from rlrt_megatron.transport.buckets import WeightBucket
 from rlrt_megatron.transport.manifest import WeightManifest, checkpoint_manifest
@@ -209,30 +210,6 @@ def _fast_tokenizer(llm: Any) -> Any:
 
     backend = getattr(llm.get_tokenizer(), "_tokenizer", None)
     return backend if isinstance(backend, Tokenizer) else None
-
-
-def _decode_response(tokenizer: Any, prompt: list[int], ids: list[int]) -> str:
-    """The text of response ``ids`` after ``prompt`` as vLLM's ``FastIncrementalDetokenizer``
-    builds it: a `DecodeStream` primed with the prompt, stepped token by token, special tokens
-    skipped; an out-of-range id decodes to nothing, and an "Invalid prefix" error (non-monotonic
-    UTF-8 output of some tokenizers) restarts the stream from that token."""
-    from tokenizers.decoders import DecodeStream
-
-    stream = DecodeStream(ids=prompt, skip_special_tokens=True)
-    pieces = []
-    for token_id in ids:
-        try:
-            piece = stream.step(tokenizer, token_id)
-        except (OverflowError, TypeError):
-            piece = None
-        except Exception as e:
-            if not str(e).startswith("Invalid prefix encountered"):
-                raise
-            stream = DecodeStream(skip_special_tokens=True)
-            piece = stream.step(tokenizer, token_id)
-        if piece:
-            pieces.append(piece)
-    return "".join(pieces)
 
 
 class VLLMEngine:
@@ -425,7 +402,7 @@ class VLLMEngine:
                 [
                     dataclasses.replace(
                         s,
-                        text=_decode_response(
+                        text=decode_response(
                             self._fast_tokenizer,
                             prompt,
                             s.token_ids[:-1] if s.finish_reason == "stop" else s.token_ids,

@@ -180,6 +180,14 @@ class RolloutSection:
     (`PlacementConfig`) and the rollouts' sampling (`SamplingConfig`): one key per field (names
     kept from before: see the module docstring) except the derived ones (``stack.DERIVED``)."""
 
+    backend: Literal["vllm", "in_rank"] = "vllm"
+    """Who generates the rollouts. vllm: the vLLM engines below. in_rank: the trainer ranks
+    themselves, with a KV-cached decoder over the weights they train (no engine process, no
+    weight sync; rlrt_megatron/rollout/in_rank.py): faster for small models on CPUs, where an
+    engine's per-step overhead outweighs the model; Qwen3 checkpoints without rope_scaling or
+    sliding windows; sync mode only. The engine keys (num_engines, tensor_parallel, dtype,
+    placement, ...) are then unused; temperature, top_p, top_k, stop, max_response_tokens and
+    logprobs_mode apply to both."""
     num_engines: int = 1
     tensor_parallel: int = 1
     """TP size of each engine."""
@@ -248,6 +256,14 @@ class RolloutSection:
                 "rollout.logprobs_mode=raw_logprobs reports the model's temperature-1 log-probs, "
                 "not the sampling distribution's: it needs rollout.temperature=1, top_p=1 and "
                 "top_k=0 (or logprobs_mode=processed_logprobs)"
+            )
+        if self.backend not in ("vllm", "in_rank"):
+            raise ValueError(f"rollout.backend must be vllm or in_rank, not {self.backend!r}")
+        if self.mode == "one_step_off" and self.backend == "in_rank":
+            raise ValueError(
+                "rollout.mode=one_step_off needs engines that generate while the trainer "
+                "updates; rollout.backend=in_rank generates inside the trainer ranks: use "
+                "rollout.backend=vllm or rollout.mode=sync"
             )
         if self.mode == "one_step_off" and self.placement == "colocated":
             raise ValueError(

@@ -196,6 +196,10 @@ def check_model(config: Any) -> None:
         raise PreflightError(
             f"actor.parallel: {error.args[0].split(': ', 1)[-1]} of {path}"
         ) from None
+    if config.rollout.backend == "in_rank":
+        # No engine, so its layout does not matter; the ranks' decoder implements what the
+        # checkpoint check above accepts (plain-RoPE Qwen3, no sliding window).
+        return
     rollout_tp = config.rollout.tensor_parallel
     if model.num_attention_heads % rollout_tp:
         raise PreflightError(

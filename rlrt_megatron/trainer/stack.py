@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rlrt_megatron.cluster.in_rank_engines import InRankConfig, InRankPlacement
 from rlrt_megatron.cluster.placement import Placement, PlacementConfig
 from rlrt_megatron.cluster.policy_group import PolicyGroupConfig
 from rlrt_megatron.cluster.pool import EnginePoolConfig
@@ -179,14 +180,25 @@ def cpu_threads(config: RunConfig) -> tuple[int | None, int | None]:
     cores = config.ray.num_cpus or os.cpu_count() or 1
     ranks = config.actor.parallel.model_parallel * config.actor.data_parallel
     engines = config.rollout.num_engines * config.rollout.tensor_parallel
+    if config.rollout.backend == "in_rank":
+        engines = 0  # the ranks generate: no engine process shares the cores
     overlap = config.rollout.mode == "one_step_off"
     rank_threads = config.actor.torch_threads
     if rank_threads is None and not config.actor.gpus_per_rank:
         rank_threads = max(1, cores // (ranks + engines if overlap else ranks))
     engine_threads = config.rollout.cpu_threads
     if engine_threads is None and not config.rollout.gpus_per_engine:
-        engine_threads = max(1, cores // (ranks + engines if overlap else engines))
+        engine_threads = max(1, cores // max(1, ranks + engines if overlap else engines))
     return rank_threads, engine_threads
+
+
+def in_rank_config(config: RunConfig) -> InRankConfig:
+    """``rollout.backend=in_rank``'s settings: the engines' length limit and log-prob mode."""
+    return InRankConfig(
+        model_path=config.model.path,
+        max_model_len=max_model_len(config),
+        logprobs_mode=config.rollout.logprobs_mode,
+    )
 
 
 def engine_pool_config(config: RunConfig) -> EnginePoolConfig:
@@ -259,10 +271,12 @@ def check_eval_fits(config: RunConfig) -> None:
     )
 
 
-def build_placement(config: RunConfig) -> Placement:
+def build_placement(config: RunConfig) -> Placement | InRankPlacement:
     """The policy group (TP × PP × CP × DP Megatron ranks) and the engine pool, placed per
-    config."""
+    config; with ``rollout.backend=in_rank`` the policy group alone, its ranks generating."""
     check_eval_fits(config)
+    if config.rollout.backend == "in_rank":
+        return InRankPlacement(policy_group_config(config), in_rank_config(config))
     return Placement(
         policy_group_config(config), engine_pool_config(config), placement_config(config)
     )

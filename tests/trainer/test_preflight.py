@@ -54,7 +54,13 @@ def bad_models(tmp_path_factory, tiny_qwen3_dir):
     config = json.loads((llama / "config.json").read_text())
     config["architectures"] = ["LlamaForCausalLM"]
     (llama / "config.json").write_text(json.dumps(config))
+    sliding = root / "sliding_window"
+    shutil.copytree(tiny_qwen3_dir, sliding)
+    config = json.loads((sliding / "config.json").read_text())
+    config["use_sliding_window"] = True
+    (sliding / "config.json").write_text(json.dumps(config))
     return {
+        "sliding": sliding,
         "no_weights": no_weights,
         "truncated": truncated,
         "garbage": garbage,
@@ -122,6 +128,15 @@ def _bad_settings(tmp_path: Path, bad_models: dict, tiny_qwen3_dir: Path) -> lis
         ([f"model.path={bad_models['garbage']}"], "not a readable safetensors file"),
         ([f"model.path={bad_models['llama']}"], "only Qwen3ForCausalLM"),
         ([f"model.path={bad_models['missing']}"], "is not a directory"),
+        (
+            [f"model.path={bad_models['sliding']}", "rollout.backend=in_rank"],
+            "use_sliding_window=True is not supported",
+        ),
+        (
+            ["rollout.backend=in_rank", "rollout.mode=one_step_off",
+             "rollout.placement=disaggregated"],
+            "rollout.backend=in_rank generates inside the trainer ranks",
+        ),
         ([f"trainer.resume={tmp_path / 'nowhere' / 'step_00000004'}"], "no such checkpoint"),
         ([f"data.train_files=[{tmp_path / 'missing.jsonl'}]"], "data.train_files[0]"),
         ([f"data.train_files=[{empty}]"], "the file is empty"),
