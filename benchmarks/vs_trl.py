@@ -12,7 +12,10 @@ split, and the ratio TRL s/step ÷ rlrt s/step (> 1: rlrt-megatron is faster). A
 `rlrt train` with ``rollout.mode=one_step_off`` (step t+1 generates while step t updates; it
 needs disaggregated placement), reported beside the others: on two shared cores the engine and
 the trainer compete for the same cores, so the overlap buys little there (its payoff is on
-GPUs with engines on their own devices). ``--no-one-step-off`` skips it.
+GPUs with engines on their own devices). ``--no-one-step-off`` skips it. A fourth row,
+``rlrt_in_rank``, runs `rlrt train` with ``rollout.backend=in_rank`` (sync mode: the trainer rank
+generates with its own weights, no vLLM engine and no weight sync; the backend for small
+models); ``--no-in-rank`` skips it.
 
 ``--rlrt-variant LABEL=KEY=VALUE[,KEY=VALUE...]`` (repeatable) adds a row: `rlrt train` with
 those config overrides, run in the same rotation, so that a setting is measured side by side
@@ -51,6 +54,7 @@ def format_result(result: RunResult) -> list[str]:
 
 
 ONE_STEP_OFF = ("rollout.mode=one_step_off", "rollout.placement=disaggregated")
+IN_RANK = ("rollout.backend=in_rank",)
 
 
 def report(
@@ -121,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-one-step-off", action="store_true", help="skip the rollout.mode=one_step_off row"
     )
     parser.add_argument(
+        "--no-in-rank", action="store_true", help="skip the rollout.backend=in_rank row"
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         help="an extra `rlrt train` row with these config overrides, run in the same rotation",
     )
     args = parser.parse_args(argv)
-    variant_overrides = {}
+    variant_overrides = {} if args.no_in_rank else {"rlrt_in_rank": IN_RANK}
     for spec in args.rlrt_variant:
         label, sep, rest = spec.partition("=")
         if not sep or not label.isidentifier() or "=" not in rest:

@@ -66,11 +66,15 @@ def generate_in_rank(
         ids[i, longest - len(p) :] = torch.tensor(p)
         key_mask[i, longest - len(p) : longest] = True
     positions = (key_mask[:, :longest].long().cumsum(-1) - 1).clamp(min=0)
+    # Model inputs, cache and logits live where the weights are; the bookkeeping stays on CPU.
+    device = decoder.device
+    ids, positions, key_mask = ids.to(device), positions.to(device), key_mask.to(device)
     cache = decoder.new_cache(len(prompts), capacity)
     logits = decoder.forward(ids, positions, cache, start=0, key_mask=key_mask)
     expand = torch.arange(len(prompts)).repeat_interleave(n)
-    cache, logits, key_mask = cache.select(expand), logits[expand], key_mask[expand]
-    next_position = positions[expand, -1] + 1
+    on_device = expand.to(device)
+    cache, logits, key_mask = cache.select(on_device), logits[on_device], key_mask[on_device]
+    next_position = positions[on_device, -1] + 1
 
     rows = len(prompts) * n
     tokens = torch.zeros(rows, max_tokens, dtype=torch.long)
@@ -84,9 +88,10 @@ def generate_in_rank(
         token, token_logprob = _next_tokens(
             logits, sampling, expand[active], generators, logprobs_mode
         )
-        tokens[active, t] = token
-        logprobs[active, t] = token_logprob
-        ended = torch.isin(token, stop_tensor) & ~stopped[active]  # rows not yet compacted away
+        sampled = token.cpu()
+        tokens[active, t] = sampled
+        logprobs[active, t] = token_logprob.cpu()
+        ended = torch.isin(sampled, stop_tensor) & ~stopped[active]  # not yet compacted away
         if ended.any():
             finished = active[ended]
             lengths[finished] = t + 1
@@ -98,7 +103,8 @@ def generate_in_rank(
         key_mask[:, slot] = True
         if dropped_since_compaction >= COMPACT_FRACTION * len(active):
             keep = (~stopped[active]).nonzero().flatten()
-            active, token, cache = active[keep], token[keep], cache.select(keep)
+            active, keep = active[keep], keep.to(device)
+            token, cache = token[keep], cache.select(keep)
             key_mask, next_position = key_mask[keep], next_position[keep]
             dropped_since_compaction = 0
         logits = decoder.forward(

@@ -91,7 +91,8 @@ def rope_cos_sin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [*positions.shape, head_dim] of HF's default RoPE (frequencies in float32,
     halves concatenated for rotate-half)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float()
+    inv_freq = 1.0 / (theta ** (exponents / head_dim))
     freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -141,6 +142,9 @@ class Qwen3KVDecoder:
             self.lm_head = weights.get("lm_head.weight", self.embed)
             self.layers = [self._layer(weights, i) for i in range(shape.num_layers)]
         self.dtype = self.embed.dtype
+        self.device = self.embed.device
+        """Where the weights are (a GPU rank's export is on its GPU): inputs, cache and masks go
+        there too."""
 
     def _layer(self, weights: Mapping[str, torch.Tensor], i: int) -> dict[str, Any]:
         p = f"model.layers.{i}."
@@ -176,8 +180,8 @@ class Qwen3KVDecoder:
         s = self.shape
         size = (batch, s.num_kv_heads, length, s.head_dim)
         return KVCache(
-            [torch.zeros(size, dtype=self.dtype) for _ in range(s.num_layers)],
-            [torch.zeros(size, dtype=self.dtype) for _ in range(s.num_layers)],
+            [torch.zeros(size, dtype=self.dtype, device=self.device) for _ in range(s.num_layers)],
+            [torch.zeros(size, dtype=self.dtype, device=self.device) for _ in range(s.num_layers)],
         )
 
     @torch.no_grad()
@@ -206,15 +210,16 @@ class Qwen3KVDecoder:
         keys_ok = key_mask[:, None, None, :end]
         bias = None
         if length > 1:
-            causal = torch.ones(length, end, dtype=torch.bool).tril(start)
+            causal = torch.ones(length, end, dtype=torch.bool, device=self.device).tril(start)
             mask = keys_ok & causal
-            diagonal = torch.zeros(length, end, dtype=torch.bool)
+            diagonal = torch.zeros(length, end, dtype=torch.bool, device=self.device)
             diagonal[torch.arange(length), torch.arange(start, end)] = True
             mask = mask | diagonal
         else:
             mask = keys_ok
             # Additive mask for `_decode_attention`: [B, 1, 1, end].
-            bias = torch.zeros(keys_ok.shape, dtype=self.dtype).masked_fill(~keys_ok, float("-inf"))
+            bias = torch.zeros(keys_ok.shape, dtype=self.dtype, device=self.device)
+            bias = bias.masked_fill(~keys_ok, float("-inf"))
         q_size = s.num_heads * s.head_dim
         kv_size = s.num_kv_heads * s.head_dim
         for layer, k_cache, v_cache in zip(self.layers, cache.keys, cache.values, strict=True):

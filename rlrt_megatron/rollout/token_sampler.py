@@ -55,5 +55,6 @@ def sample_rows(
         uniform[start:end].uniform_(generator=generators[prompts[start]])
         start = end
     cdf = probs.cumsum(dim=-1)
-    token = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True)
+    # The generators are CPU ones (seeded per prompt); the draws follow the probabilities.
+    token = torch.searchsorted(cdf, uniform.to(probs.device) * cdf[:, -1:], right=True)
     return token.squeeze(-1).clamp(max=probs.shape[-1] - 1)

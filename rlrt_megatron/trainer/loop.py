@@ -403,8 +403,11 @@ def _train(
     init_ray(config.ray, quiet=not verbose)
     logs = None if verbose else run_dir / LOGS_SUBDIR
     logger.info(
-        "run folder %s; starting the engines and trainer ranks (their logs: %s)",
+        "run folder %s; starting %s (their logs: %s)",
         run_dir,
+        "the trainer ranks, which generate the rollouts (rollout.backend=in_rank)"
+        if config.rollout.backend == "in_rank"
+        else "the engines and trainer ranks",
         "this console (--verbose)" if logs is None else f"{logs}/",
     )
     placing = time.perf_counter()
