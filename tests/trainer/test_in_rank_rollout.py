@@ -35,7 +35,8 @@ def _overrides(tiny_qwen3_dir, train_file, run_dir):
         "algorithm.method=rlrt",
         "actor.dtype=float32",
         "actor.data_parallel=2",
-        "actor.cpus_per_rank=0.5",
+        # Tiny Ray shares: the session's engine pools (tests/cluster) may still hold their CPUs.
+        "actor.cpus_per_rank=0.02",
         "actor.optimizer.lr=1e-3",
         "actor.optimizer.warmup_steps=0",
         "rollout.backend=in_rank",
