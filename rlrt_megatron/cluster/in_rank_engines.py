@@ -90,10 +90,9 @@ class _RankState:
 
         if self.version != version:
             self.decoder = None  # free the old copy before gathering the new one
-            # Clones: with TP = 1 the export yields live parameters, which the next optimizer
-            # step changes in place.
-            weights = {name: t.clone() for name, t in actor.export_hf_weights()}
-            self.decoder = Qwen3KVDecoder(weights, self.hf_config)
+            # With TP = 1 the export yields live parameters; the decoder copies what it keeps
+            # (the next optimizer step changes them in place).
+            self.decoder = Qwen3KVDecoder(dict(actor.export_hf_weights()), self.hf_config)
             self.version = version
         return self.decoder
 
@@ -135,17 +134,14 @@ def generate_on_rank(
 
 
 class InRankEngines:
-    """The rollout side of ``rollout.backend: in_rank``, with `EnginePool`'s generation interface
-    (``generate``, ``version``, ``asleep``, ``platform``)."""
+    """The rollout side of ``rollout.backend: in_rank``: `RolloutEngines`' interface
+    (``generate``, ``submit``, ``version``)."""
 
     def __init__(self, policy: PolicyGroup, config: InRankConfig, vocab_size: int) -> None:
         self._policy = policy
         self.config = config
         self.vocab_size = vocab_size
         self.version = 0
-        self.asleep: set[str] = set()
-        self.platform = "cpu"
-        self.num_engines = 0
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[Sample]]:
         prompts = validate_prompts(
@@ -177,16 +173,12 @@ class InRankPlacement:
     """The policy group alone; its ranks are the engines (`InRankEngines`). Has `Placement`'s
     interface: ``policy``, ``engines``, ``sync_weights``, ``release_engine_memory``."""
 
-    mode = "in_rank"
-
     def __init__(self, policy: PolicyGroupConfig, config: InRankConfig) -> None:
         self.policy: PolicyGroup | None = PolicyGroup(policy)
-        self.transport = "none"
         try:
             self.engines: InRankEngines | None = InRankEngines(
                 self.policy, config, _vocab_size(config.model_path)
             )
-            self.engines.platform = "cuda" if policy.gpus_per_rank else "cpu"
         except BaseException:
             self.shutdown()
             raise

@@ -112,10 +112,6 @@ class KVCache:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
 
-    @property
-    def capacity(self) -> int:
-        return self.keys[0].shape[2]
-
     def select(self, rows: torch.Tensor) -> KVCache:
         """The cache of rows ``rows`` (index or repeat: prefill once per prompt, then expand it
         to the prompt's samples)."""
@@ -126,7 +122,9 @@ class KVCache:
 
 
 class Qwen3KVDecoder:
-    """Qwen3 forward with a KV cache; no autograd (generation only)."""
+    """Qwen3 forward with a KV cache; no autograd (generation only). It keeps its own copy of
+    the weights (q/k/v and gate/up concatenated, the rest cloned), so ``weights`` may be live
+    parameters that an optimizer step changes later."""
 
     def __init__(self, weights: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any]) -> None:
         self.shape = shape = DecoderShape.from_hf_config(hf_config)
@@ -136,10 +134,11 @@ class Qwen3KVDecoder:
         if missing:
             raise UnsupportedModelError(f"weights lack {missing}")
         with torch.no_grad():
-            self.embed = weights["model.embed_tokens.weight"]
-            self.final_norm = weights["model.norm.weight"]
+            self.embed = weights["model.embed_tokens.weight"].clone()
+            self.final_norm = weights["model.norm.weight"].clone()
             # A tied checkpoint has no lm_head.weight (export_hf_weights yields it once).
-            self.lm_head = weights.get("lm_head.weight", self.embed)
+            head = weights.get("lm_head.weight")
+            self.lm_head = self.embed if head is None else head.clone()
             self.layers = [self._layer(weights, i) for i in range(shape.num_layers)]
         self.dtype = self.embed.dtype
         self.device = self.embed.device
@@ -155,6 +154,9 @@ class Qwen3KVDecoder:
             except KeyError:
                 raise UnsupportedModelError(f"weights lack {p + name}") from None
 
+        def own(name: str) -> torch.Tensor:  # kept as it is: a copy (concatenations copy anyway)
+            return get(name).clone()
+
         qkv = torch.cat(
             [
                 get("self_attn.q_proj.weight"),
@@ -165,15 +167,15 @@ class Qwen3KVDecoder:
         biases = [weights.get(p + f"self_attn.{n}_proj.bias") for n in "qkv"]
         qkv_bias = torch.cat(biases) if all(b is not None for b in biases) else None
         return {
-            "input_norm": get("input_layernorm.weight"),
+            "input_norm": own("input_layernorm.weight"),
             "qkv": qkv,
             "qkv_bias": qkv_bias,
-            "q_norm": get("self_attn.q_norm.weight"),
-            "k_norm": get("self_attn.k_norm.weight"),
-            "o": get("self_attn.o_proj.weight"),
-            "post_norm": get("post_attention_layernorm.weight"),
+            "q_norm": own("self_attn.q_norm.weight"),
+            "k_norm": own("self_attn.k_norm.weight"),
+            "o": own("self_attn.o_proj.weight"),
+            "post_norm": own("post_attention_layernorm.weight"),
             "gate_up": torch.cat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")]),
-            "down": get("mlp.down_proj.weight"),
+            "down": own("mlp.down_proj.weight"),
         }
 
     def new_cache(self, batch: int, length: int) -> KVCache:
